@@ -1,0 +1,29 @@
+# `make demo` and `make test` each build .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv pretrain clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from the local CPU wheel; the constraint keeps it there.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/continual demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+pretrain: $(STAMP)
+	$(BIN)/continual pretrain --out continual/checkpoints/tiny-base
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Tasks: COCO-format detection data and the synthetic worlds."""

@@ -1,0 +1,5 @@
+"""The error type for bad task data: it names the file and what was expected."""
+
+
+class DataError(ValueError):
+    """Raised for any input data the project refuses (COCO files, images, worlds)."""

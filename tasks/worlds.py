@@ -1,0 +1,245 @@
+"""Synthetic detection worlds, written to disk in COCO format.
+
+A world is a set of categories (a phrase, a painter and a colour) on a
+background of its own. ``base`` is the COCO stand-in the tiny host is
+pretrained on; the others are novel worlds with new categories and looks
+(``aquarium`` is the Aquarium stand-in). Generation is deterministic: the same
+world, seed and sizes give byte-identical files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tasks import shapes
+from tasks.errors import DataError
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CategorySpec:
+    name: str  # also the phrase the VLP is prompted with
+    painter: shapes.Painter
+    color: RGB
+    detail: RGB | None = None
+
+
+@dataclass(frozen=True)
+class World:
+    name: str
+    description: str
+    categories: tuple[CategorySpec, ...]
+    background: Callable[[np.random.Generator, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class WorldSizes:
+    train: int = 400
+    val: int = 100
+    image_size: int = 128
+    max_objects: int = 4
+    min_object: float = 0.18  # object side as a fraction of the image side
+    max_object: float = 0.42
+
+    def key(self) -> str:
+        return hashlib.sha1(repr(self).encode()).hexdigest()[:8]
+
+
+# -- backgrounds: (rng, size) -> uint8 HxWx3 ------------------------------------
+def _noisy(base: np.ndarray, rng: np.random.Generator, amount: int) -> np.ndarray:
+    noise = rng.integers(-amount, amount + 1, size=base.shape)
+    return np.clip(base.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def _vertical_gradient(top: RGB, bottom: RGB, size: int) -> np.ndarray:
+    t = np.linspace(0, 1, size)[:, None, None]
+    column = (1 - t) * np.array(top) + t * np.array(bottom)
+    return np.broadcast_to(column, (size, size, 3)).copy()
+
+
+def plain_bg(rng, size):
+    shade = rng.integers(200, 235)
+    return _noisy(np.full((size, size, 3), shade), rng, 6)
+
+
+def water_bg(rng, size):
+    img = _vertical_gradient((40, 120, 190), (10, 40, 90), size)
+    for _ in range(rng.integers(3, 9)):  # bubbles
+        y, x = rng.integers(0, size, 2)
+        r = rng.integers(1, 4)
+        yy, xx = np.ogrid[:size, :size]
+        img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = (150, 200, 235)
+    return _noisy(img, rng, 8)
+
+
+def wood_bg(rng, size):
+    stripes = 20 * np.sin(np.arange(size) / rng.uniform(3, 6))[None, :, None]
+    return _noisy(np.full((size, size, 3), (150, 105, 60)) + stripes, rng, 6)
+
+
+def road_bg(rng, size):
+    img = np.full((size, size, 3), 95.0)
+    lane = size // 2
+    img[lane - 1:lane + 1, (np.arange(size) // 8) % 2 == 0] = 230
+    return _noisy(img, rng, 10)
+
+
+def outdoor_bg(rng, size):
+    img = _vertical_gradient((150, 200, 240), (170, 210, 240), size)
+    horizon = rng.integers(size // 2, 3 * size // 4)
+    img[horizon:] = (90, 150, 70)
+    return _noisy(img, rng, 6)
+
+
+def space_bg(rng, size):
+    img = np.full((size, size, 3), (10, 10, 35), dtype=np.float64)
+    ys, xs = rng.integers(0, size, (2, rng.integers(15, 40)))
+    img[ys, xs] = 220
+    return _noisy(img, rng, 4)
+
+
+C = CategorySpec
+RED, GREEN, BLUE, YELLOW, PURPLE, ORANGE = (220, 40, 40), (40, 170, 60), (40, 80, 220), (235, 205, 40), (140, 60, 170), (240, 140, 30)
+
+WORLDS: dict[str, World] = {w.name: w for w in (
+    World("base", "coloured geometric shapes on grey: the pretraining (COCO stand-in) world", (
+        C("red circle", shapes.circle, RED), C("blue circle", shapes.circle, BLUE),
+        C("green square", shapes.square, GREEN), C("yellow square", shapes.square, YELLOW),
+        C("red triangle", shapes.triangle, RED), C("green triangle", shapes.triangle, GREEN),
+        C("blue star", shapes.star, BLUE), C("yellow star", shapes.star, YELLOW),
+        C("purple ring", shapes.ring, PURPLE), C("orange ring", shapes.ring, ORANGE),
+        C("purple cross", shapes.cross, PURPLE), C("orange cross", shapes.cross, ORANGE),
+    ), plain_bg),
+    World("aquarium", "sea creatures in blue water: the Aquarium stand-in", (
+        C("fish", shapes.fish, (250, 150, 40)), C("jellyfish", shapes.jellyfish, (240, 170, 220)),
+        C("starfish", shapes.starfish, (230, 90, 70)), C("shark", shapes.shark, (150, 160, 170)),
+        C("crab", shapes.crab, (200, 40, 30)),
+    ), water_bg),
+    World("fruit", "fruit on a wooden table", (
+        C("apple", shapes.apple, (200, 30, 40)), C("banana", shapes.banana, (245, 220, 60)),
+        C("orange", shapes.circle, (250, 140, 20)), C("grapes", shapes.grapes, (110, 40, 130)),
+        C("pear", shapes.pear, (170, 200, 60)),
+    ), wood_bg),
+    World("vehicles", "vehicles on a road", (
+        C("car", shapes.car, (200, 30, 30)), C("bus", shapes.bus, (240, 190, 30)),
+        C("bicycle", shapes.bicycle, (30, 30, 30)), C("boat", shapes.boat, (240, 240, 240)),
+        C("airplane", shapes.airplane, (180, 190, 210)),
+    ), road_bg),
+    World("signs", "traffic signs outdoors", (
+        C("stop sign", shapes.octagon, (210, 20, 30)), C("yield sign", shapes.inverted_triangle, (245, 245, 245)),
+        C("one way arrow", shapes.arrow, (30, 90, 200)),
+        C("no entry sign", shapes.no_entry, (210, 20, 30), (245, 245, 245)),
+        C("parking sign", shapes.parking, (30, 90, 200), (245, 245, 245)),
+    ), outdoor_bg),
+    World("space", "objects in space", (
+        C("planet", shapes.planet, (210, 160, 90)), C("moon", shapes.moon, (230, 230, 200)),
+        C("rocket", shapes.rocket, (235, 235, 240)), C("comet", shapes.comet, (150, 220, 255)),
+        C("satellite", shapes.satellite, (190, 190, 110)),
+    ), space_bg),
+)}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        raise DataError(f"unknown synthetic world {name!r}; known worlds: {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def _overlaps(box, boxes, gap=2) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 < b[2] + gap and b[0] < x1 + gap and y0 < b[3] + gap and b[1] < y1 + gap for b in boxes)
+
+
+def render_image(world: World, rng: np.random.Generator, sizes: WorldSizes):
+    """One image and its objects as (category index, COCO xywh box)."""
+    size = sizes.image_size
+    image = Image.fromarray(world.background(rng, size))
+    draw = ImageDraw.Draw(image)
+    placed, objects = [], []
+    for _ in range(int(rng.integers(1, sizes.max_objects + 1))):
+        for _attempt in range(20):
+            side = rng.uniform(sizes.min_object, sizes.max_object) * size
+            w, h = side * rng.uniform(0.8, 1.25), side * rng.uniform(0.8, 1.25)
+            x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+            box = (x0, y0, x0 + w, y0 + h)
+            if not _overlaps(box, placed):
+                break
+        else:
+            continue
+        index = int(rng.integers(len(world.categories)))
+        spec = world.categories[index]
+        jitter = rng.integers(-20, 21, 3)
+        color = tuple(int(c) for c in np.clip(np.array(spec.color) + jitter, 0, 255))
+        mask = Image.new("L", (size, size), 0)
+        spec.painter(ImageDraw.Draw(mask), box, 255, **({"detail": 255} if spec.detail else {}))
+        tight = mask.getbbox()
+        if tight is None:
+            continue
+        spec.painter(draw, box, color, **({"detail": spec.detail} if spec.detail else {}))
+        placed.append(box)
+        objects.append((index, [tight[0], tight[1], tight[2] - tight[0], tight[3] - tight[1]]))
+    return image, objects
+
+
+def _write_split(world: World, split: str, count: int, seed: int, sizes: WorldSizes, root: Path) -> None:
+    rng = np.random.default_rng([seed, _stable_int(world.name), _stable_int(split)])
+    (root / split).mkdir(parents=True)
+    images, annotations = [], []
+    for image_id in range(1, count + 1):
+        image, objects = render_image(world, rng, sizes)
+        file_name = f"{image_id:06d}.png"
+        image.save(root / split / file_name, optimize=False)
+        images.append({"id": image_id, "file_name": file_name, "width": sizes.image_size, "height": sizes.image_size})
+        for index, bbox in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index + 1,
+                                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    categories = [{"id": i + 1, "name": c.name, "supercategory": world.name} for i, c in enumerate(world.categories)]
+    coco = {"images": images, "annotations": annotations, "categories": categories,
+            "info": {"description": f"synthetic world {world.name!r}, seed {seed}"}}
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, sort_keys=True))
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("CONTINUAL_CACHE", Path.home() / ".cache" / "continual-vlp")) / "worlds"
+
+
+def world_folder(name: str, seed: int = 0, sizes: WorldSizes = WorldSizes(), cache_root: Path | None = None) -> Path:
+    """The folder holding the world in COCO layout; generated on first use.
+
+    Written to a temporary sibling and renamed into place, so a folder that
+    exists is complete.
+    """
+    world = get_world(name)
+    root = Path(cache_root or default_cache_root())
+    target = root / f"{name}-seed{seed}-{sizes.key()}"
+    if target.exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    try:
+        _write_split(world, "train", sizes.train, seed, sizes, tmp)
+        _write_split(world, "val", sizes.val, seed, sizes, tmp)
+        (tmp / "world.json").write_text(json.dumps({"world": name, "seed": seed, "sizes": sizes.__dict__}, sort_keys=True))
+        os.rename(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+        # another process finished first; its copy is identical
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
