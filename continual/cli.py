@@ -1,0 +1,147 @@
+"""The ``continual`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import continual  # noqa: F401  (applies the torchvision shim before any import below)
+
+log = logging.getLogger("continual")
+DEFAULT_CHECKPOINT = "builtin:tiny-base"
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (load reports, weight-loading bars, eval tables) off the terminal."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="qpsolvers")
+
+
+def _progress() -> bool:
+    return not os.environ.get("CI") and sys.stderr.isatty()
+
+
+def _format_metrics(rows: dict[str, dict]) -> str:
+    names = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+    header = f"{'task':<24}" + "".join(f"{n:>8}" for n in names)
+    lines = [header, "-" * len(header)]
+    for task, metrics in rows.items():
+        lines.append(f"{task:<24}" + "".join(f"{metrics[n]:>8.3f}" for n in names))
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from continual.detect import evaluate_task
+    from continual.hosts.grounding_dino import GroundingDinoHost
+    from tasks.task import list_tasks, load_task
+
+    if args.list_tasks:
+        print("\n".join(list_tasks()))
+        return 0
+    if not args.task:
+        raise SystemExit("continual eval: --task is required (see --list-tasks)")
+    host = GroundingDinoHost.from_pretrained(args.checkpoint)
+    results = {}
+    for spec in args.task:
+        task = load_task(spec, seed=args.seed)
+        results[spec] = evaluate_task(host, task.val, task.phrases, batch_size=args.batch_size, progress=_progress())
+    if args.json:
+        print(json.dumps(results[args.task[0]] if len(args.task) == 1 else results, indent=2))
+    else:
+        print(f"checkpoint: {args.checkpoint}")
+        print(_format_metrics(results))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from continual.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
+                         train_images=args.train_images)
+    record = pretrain(Path(args.out), cfg, progress=_progress())
+    print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f} after {record['minutes']:.1f} min")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from tasks.worlds import WORLDS, WorldSizes, world_folder
+
+    if not args.worlds:
+        for name, world in WORLDS.items():
+            print(f"synthetic:{name:<10} {len(world.categories):>2} categories  {world.description}")
+        return 0
+    sizes = WorldSizes(train=args.train, val=args.val)
+    for name in args.worlds:
+        print(world_folder(name, seed=args.seed, sizes=sizes))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Evaluate the shipped base checkpoint on the base world and the aquarium world."""
+    args.task, args.list_tasks, args.json = ["synthetic:base", "synthetic:aquarium"], False, False
+    return cmd_eval(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="continual", description=__doc__ + " Continual adaptation of frozen VLPs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on tasks")
+    ev.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                    help="builtin:tiny-base, builtin:tiny, a save_pretrained folder or a HF id (default %(default)s)")
+    ev.add_argument("--task", action="append", help="synthetic:WORLD, coco:FOLDER or a folder; repeatable")
+    ev.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
+    ev.add_argument("--json", action="store_true", help="print JSON (one object for one task)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
+    ev.set_defaults(func=cmd_eval)
+
+    pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
+    pt.add_argument("--out", required=True, help="folder for the checkpoint")
+    pt.add_argument("--steps", type=int, default=12000)
+    pt.add_argument("--lr", type=float, default=2e-4)
+    pt.add_argument("--batch-size", type=int, default=8)
+    pt.add_argument("--train-images", type=int, default=6000)
+    pt.add_argument("--seed", type=int, default=1)
+    pt.set_defaults(func=cmd_pretrain)
+
+    da = sub.add_parser("data", help="list the synthetic worlds, or write them (COCO layout) and print their folders")
+    da.add_argument("worlds", nargs="*", help="world names; none lists them")
+    da.add_argument("--train", type=int, default=400)
+    da.add_argument("--val", type=int, default=100)
+    da.add_argument("--seed", type=int, default=0)
+    da.set_defaults(func=cmd_data)
+
+    de = sub.add_parser("demo", help="the main job on the embedded default")
+    de.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    de.add_argument("--batch-size", type=int, default=16)
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from continual.hosts.grounding_dino import HostError
+    from tasks.errors import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except (DataError, HostError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

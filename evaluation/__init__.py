@@ -1,0 +1,1 @@
+"""Evaluation: COCO metrics, forgetting metrics, reports (no model code here)."""

@@ -1,0 +1,160 @@
+"""COCO-format detection data, checked on load.
+
+Any fault in an annotation file raises DataError naming the file and what was
+expected; an image that cannot be read raises it when first opened (or for all
+images at once with ``verify_images``).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tasks.errors import DataError
+
+# Boxes may overhang the image by this many pixels (rounding in real annotations).
+BOX_TOLERANCE = 1.0
+REQUIRED = {"images": ("id", "file_name", "width", "height"), "annotations": ("id", "image_id", "category_id", "bbox"),
+            "categories": ("id", "name")}
+
+
+def read_coco_json(path: Path) -> dict:
+    """Load and validate one COCO instances file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    try:
+        coco = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(coco, dict):
+        raise DataError(f"{path}: expected a JSON object with images, annotations and categories")
+    for section, keys in REQUIRED.items():
+        if not isinstance(coco.get(section), list):
+            raise DataError(f"{path}: missing list {section!r}")
+        for n, entry in enumerate(coco[section]):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise DataError(f"{path}: {section}[{n}] lacks key(s) {', '.join(missing)}")
+    if not coco["categories"]:
+        raise DataError(f"{path}: no categories")
+    for section in REQUIRED:
+        counts = Counter(e["id"] for e in coco[section])
+        dupes = [i for i, c in counts.items() if c > 1]
+        if dupes:
+            raise DataError(f"{path}: duplicate {section} id(s) {dupes[:5]}")
+    images = {im["id"]: im for im in coco["images"]}
+    category_ids = {c["id"] for c in coco["categories"]}
+    for ann in coco["annotations"]:
+        _check_annotation(path, ann, images, category_ids)
+    return coco
+
+
+def _check_annotation(path: Path, ann: dict, images: dict, category_ids: set) -> None:
+    where = f"{path}: annotation {ann['id']}"
+    if ann["image_id"] not in images:
+        raise DataError(f"{where} refers to image {ann['image_id']}, which is not in 'images'")
+    if ann["category_id"] not in category_ids:
+        raise DataError(f"{where} has unknown category_id {ann['category_id']}")
+    box = ann["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise DataError(f"{where}: bbox must be [x, y, width, height] numbers, got {box!r}")
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise DataError(f"{where}: bbox {box} has width or height <= 0")
+    image = images[ann["image_id"]]
+    if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > image["width"] + BOX_TOLERANCE \
+            or y + h > image["height"] + BOX_TOLERANCE:
+        raise DataError(f"{where}: bbox {box} lies outside image {image['id']} "
+                        f"({image['width']}x{image['height']})")
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO instances file plus its image folder.
+
+    Items are (PIL image, target) with target ``image_id``, ``class_labels``
+    (index into ``categories``, which are sorted by id) and ``boxes``
+    (cx, cy, w, h as fractions of the image).
+    """
+
+    def __init__(self, annotation_file: str | Path, image_dir: str | Path):
+        self.annotation_file = Path(annotation_file)
+        self.image_dir = Path(image_dir)
+        self.coco = read_coco_json(self.annotation_file)
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: image folder not found (for {self.annotation_file})")
+        self.categories = sorted(self.coco["categories"], key=lambda c: c["id"])
+        self.category_index = {c["id"]: i for i, c in enumerate(self.categories)}
+        self.images = sorted(self.coco["images"], key=lambda im: im["id"])
+        self._by_image: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
+        for ann in self.coco["annotations"]:
+            if not ann.get("iscrowd", 0):
+                self._by_image[ann["image_id"]].append(ann)
+
+    @property
+    def category_names(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def open_image(self, index: int) -> Image.Image:
+        info = self.images[index]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError as err:
+            raise DataError(f"{path}: image file not found (image id {info['id']} in {self.annotation_file})") from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"{path}: cannot decode image ({err})") from err
+        if image.size != (info["width"], info["height"]):
+            raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]} but {self.annotation_file} "
+                            f"says {info['width']}x{info['height']}")
+        return image
+
+    def target(self, index: int) -> dict:
+        info = self.images[index]
+        anns = self._by_image[info["id"]]
+        w, h = info["width"], info["height"]
+        boxes = torch.tensor([[(a["bbox"][0] + a["bbox"][2] / 2) / w, (a["bbox"][1] + a["bbox"][3] / 2) / h,
+                               a["bbox"][2] / w, a["bbox"][3] / h] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.category_index[a["category_id"]] for a in anns], dtype=torch.long)
+        return {"image_id": info["id"], "class_labels": labels, "boxes": boxes.clamp(0, 1), "size": (w, h)}
+
+    def __getitem__(self, index: int):
+        return self.open_image(index), self.target(index)
+
+    def verify_images(self) -> None:
+        """Open every image once; raises DataError on the first bad one."""
+        for i in range(len(self)):
+            self.open_image(i)
+
+
+def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
+    """(annotation file, image folder) of a split in the usual COCO layouts.
+
+    Tried in order: ``annotations/instances_{split}.json`` with images in
+    ``{split}/`` or ``images/{split}/`` (COCO, our worlds); and
+    ``{split}/_annotations.coco.json`` with images beside it (Roboflow/ODinW,
+    where val is called ``valid``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    names = [split] + (["valid", "val2017"] if split == "val" else ["train2017"] if split == "train" else [])
+    tried = []
+    for name in names:
+        ann = root / "annotations" / f"instances_{name}.json"
+        for images in (root / name, root / "images" / name):
+            tried.append(str(ann.relative_to(root)))
+            if ann.is_file() and images.is_dir():
+                return ann, images
+        roboflow = root / name / "_annotations.coco.json"
+        tried.append(str(roboflow.relative_to(root)))
+        if roboflow.is_file():
+            return roboflow, roboflow.parent
+    raise DataError(f"{root}: no {split!r} split found; looked for {', '.join(dict.fromkeys(tried))}")
