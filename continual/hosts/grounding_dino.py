@@ -213,7 +213,7 @@ class GroundingDinoHost(nn.Module):
             out = self._forward(pixel_values, prompt, labels)
             total = total + out.loss / len(prompt_list)
             for k, v in out.loss_dict.items():
-                parts[k] = parts.get(k, 0.0) + float(v) / len(prompt_list)
+                parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / len(prompt_list)
         return total, parts
 
     @torch.no_grad()

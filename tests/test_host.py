@@ -1,0 +1,94 @@
+"""The Grounding DINO host: save/load, prompts and spans, sites, fingerprint, loss."""
+import pytest
+import torch
+from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps
+
+from continual.hosts.grounding_dino import SITE_KINDS, GroundingDinoHost, HostError
+from continual.hosts.prompts import build_prompts
+from tasks.errors import DataError
+
+PHRASES = ["red circle", "blue star", "jellyfish", "one way arrow"]
+
+
+def _pixels(n=2, seed=0):
+    return torch.randn(n, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+
+
+def test_save_pretrained_from_pretrained_identical_outputs(tiny_host, tmp_path):
+    tiny_host.save_pretrained(tmp_path / "ckpt")
+    loaded = GroundingDinoHost.from_pretrained(tmp_path / "ckpt")
+    assert loaded.fingerprint() == tiny_host.fingerprint()
+    a, b = tiny_host.predict(_pixels(), PHRASES), loaded.predict(_pixels(), PHRASES)
+    for x, y in zip(a, b):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(x[key], y[key])
+    # the text backbone comes from its package, not the checkpoint
+    assert (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 20e6
+
+
+def test_phrase_spans_match_grounding_dino_label_maps(tiny_host):
+    (prompt,) = tiny_host.prompts(PHRASES)
+    label_maps = build_label_maps(torch.zeros(1, 1, 64), prompt.input_ids)[0]
+    from_hf = [tuple(row.nonzero().flatten().tolist()) for row in label_maps]
+    ours = [tuple(range(a, b)) for a, b in prompt.spans]
+    assert ours == from_hf
+    words = [tiny_host.tokenizer.decode(prompt.input_ids[0, a:b]) for a, b in prompt.spans]
+    assert words == PHRASES
+
+
+def test_long_category_list_is_split_into_prompts(tiny_host):
+    phrases = [f"thing number {i}" for i in range(40)]
+    prompts = build_prompts(tiny_host.tokenizer, phrases, max_text_len=32)
+    assert len(prompts) > 1
+    assert [i for p in prompts for i in p.phrase_indices] == list(range(40))
+    assert all(p.input_ids.shape[1] <= 32 for p in prompts)
+    preds = tiny_host.predict(_pixels(1), phrases, top_k=50)
+    assert preds[0]["labels"].max() < 40 and preds[0]["scores"].shape == (50,)
+
+
+@pytest.mark.parametrize("phrases, message", [
+    (["fish", "  "], "phrase #1 is empty"),
+    (["fish. shark"], "contains '.'"),
+    ([], "at least one category"),
+    (["word " * 80], "longer than the text encoder's limit"),
+])
+def test_bad_phrases_are_refused(tiny_host, phrases, message):
+    with pytest.raises(DataError, match=message):
+        build_prompts(tiny_host.tokenizer, phrases, max_text_len=64)
+
+
+def test_every_site_kind_is_found(tiny_host):
+    for kind in SITE_KINDS:
+        assert tiny_host.sites(kind), kind
+    fusion = tiny_host.sites("fusion")
+    assert all(type(m).__name__ == "GroundingDinoBiMultiHeadAttention" for m in fusion.values())
+    assert all(type(m).__name__ == "SwinLayer" for m in tiny_host.sites("image_blocks").values())
+    with pytest.raises(HostError, match="unknown site kind"):
+        tiny_host.sites("everywhere")
+
+
+def test_fingerprint_tracks_weights_only(tiny_host):
+    before = tiny_host.fingerprint()
+    assert tiny_host.fingerprint() == before
+    weight = tiny_host.sites("fusion")["model.encoder.layers.0.fusion_layer.attn"].vision_proj.weight
+    with torch.no_grad():
+        weight[0, 0] += 1.0
+        changed = tiny_host.fingerprint()
+        weight[0, 0] -= 1.0
+    assert changed != before
+    assert tiny_host.fingerprint() == before
+
+
+def test_loss_trains_and_keeps_labels_per_prompt(tiny_host):
+    targets = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
+               {"class_labels": torch.tensor([3]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
+    loss, parts = tiny_host.loss(_pixels(), PHRASES, targets)
+    assert torch.isfinite(loss) and {"loss_ce", "loss_bbox", "loss_giou"} <= set(parts)
+    params = [p for p in tiny_host.sites("heads")["bbox_embed"].parameters()]
+    grads = torch.autograd.grad(loss, params)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_unknown_builtin_checkpoint():
+    with pytest.raises(HostError, match="unknown built-in checkpoint"):
+        GroundingDinoHost.from_pretrained("builtin:nothing-here")
