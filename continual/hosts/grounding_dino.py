@@ -33,7 +33,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Site kinds a method can ask for; see GroundingDinoHost.sites.
-SITE_KINDS = ("fusion", "image_blocks", "encoder_layers", "decoder_layers", "text_layers", "heads")
+SITE_KINDS = ("fusion", "image_blocks", "encoder_layers", "text_enhancer", "decoder_layers", "text_layers",
+              "text_embeddings", "heads")
+# Kinds whose sites hold a feed-forward block (see GroundingDinoHost.ffn_sites).
+FFN_KINDS = ("image_blocks", "encoder_layers", "text_enhancer", "decoder_layers", "text_layers")
 
 
 class HostError(ValueError):
@@ -85,10 +88,13 @@ class GroundingDinoHost(nn.Module):
         self.source = source
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._prompt_cache: dict[tuple[str, ...], list[TextPrompt]] = {}
-        # Names of the host's own tensors, so modules attached later never
-        # enter the fingerprint.
-        self._base_names = tuple(sorted(self.model.state_dict().keys()))
+        self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
+        # Modules that put learned context before every phrase (prompts/coop.py).
+        self.text_context: list = []
+        # The host's own tensors (views sharing their storage), taken now so
+        # that modules attached later, even ones that wrap host layers (peft),
+        # never enter the fingerprint.
+        self._base_tensors = sorted(self.model.state_dict().items())
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -131,10 +137,9 @@ class GroundingDinoHost(nn.Module):
     # -- identity ---------------------------------------------------------------
     def fingerprint(self) -> str:
         """sha256 over the host's own weights (names, dtypes, shapes, bytes)."""
-        state = self.model.state_dict()
         digest = hashlib.sha256()
-        for name in self._base_names:
-            tensor = state[name].detach().cpu().contiguous()
+        for name, tensor in self._base_tensors:
+            tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         return digest.hexdigest()
@@ -155,16 +160,44 @@ class GroundingDinoHost(nn.Module):
                      for s, stage in enumerate(stages) for b, block in enumerate(stage.blocks)}
         elif kind == "encoder_layers":
             found = {f"model.encoder.layers.{i}": layer for i, layer in enumerate(inner.encoder.layers)}
+        elif kind == "text_enhancer":
+            found = {f"model.encoder.layers.{i}.text_enhancer_layer": layer.text_enhancer_layer
+                     for i, layer in enumerate(inner.encoder.layers)}
         elif kind == "decoder_layers":
             found = {f"model.decoder.layers.{i}": layer for i, layer in enumerate(inner.decoder.layers)}
         elif kind == "text_layers":
             found = {f"model.text_backbone.encoder.layer.{i}": layer
                      for i, layer in enumerate(inner.text_backbone.encoder.layer)}
+        elif kind == "text_embeddings":
+            found = {"model.text_backbone.embeddings.word_embeddings": inner.text_backbone.embeddings.word_embeddings}
         elif kind == "heads":
-            found = {"bbox_embed": self.model.bbox_embed, "model.enc_output": inner.enc_output}
+            # Grounding DINO scores classes by a parameter-free dot product with
+            # the text features, so its class-side head is the text projection;
+            # box heads are MLPs (the decoder's are tied to the outer ones).
+            found = {"model.text_projection": inner.text_projection,
+                     "model.encoder_output_bbox_embed": inner.encoder_output_bbox_embed}
+            found.update({f"bbox_embed.{i}": m for i, m in enumerate(self.model.bbox_embed)})
+            found.update({f"model.decoder.bbox_embed.{i}": m for i, m in enumerate(inner.decoder.bbox_embed)})
         else:
             raise HostError(f"unknown site kind {kind!r}; known: {', '.join(SITE_KINDS)}")
         return found
+
+    def ffn_sites(self, kind: str) -> dict[str, tuple[nn.Linear, nn.Linear]]:
+        """(first, second) linear layer of each feed-forward block of a site kind.
+
+        The FFN maps the first's input x to the second's output y; adapters read
+        x (parallel) or y (serial) and add to y.
+        """
+        if kind not in FFN_KINDS:
+            raise HostError(f"site kind {kind!r} has no feed-forward blocks; choose from {', '.join(FFN_KINDS)}")
+        if kind == "text_layers":
+            return {name: (layer.intermediate.dense, layer.output.dense) for name, layer in self.sites(kind).items()}
+        if kind == "image_blocks":
+            return {name: (block.mlp.fc1, block.mlp.fc2) for name, block in self.sites(kind).items()}
+        if kind == "encoder_layers":
+            return {name: (layer.deformable_layer.fc1, layer.deformable_layer.fc2)
+                    for name, layer in self.sites(kind).items()}
+        return {name: (layer.fc1, layer.fc2) for name, layer in self.sites(kind).items()}
 
     # -- inputs -----------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
@@ -176,9 +209,11 @@ class GroundingDinoHost(nn.Module):
         return ((pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std)
 
     def prompts(self, phrases: list[str] | tuple[str, ...]) -> list[TextPrompt]:
-        key = tuple(phrases)
+        context = max((m.config.tokens for m in self.text_context if m.enabled), default=0)
+        key = (tuple(phrases), context)
         if key not in self._prompt_cache:
-            self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len)
+            self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len,
+                                                    context_tokens=context)
         return self._prompt_cache[key]
 
     def _forward(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):

@@ -36,37 +36,47 @@ def check_phrase(phrase: str, index: int) -> str:
     return text
 
 
-def _encode(tokenizer, phrases: list[str], indices: list[int]) -> TextPrompt:
-    text, char_spans = "", []
+def context_token_ids(tokenizer, count: int) -> list[int]:
+    """Ids of BERT's reserved ``[unusedN]`` tokens, the slots CoOp fills with learned vectors."""
+    ids = tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
+    if tokenizer.unk_token_id in ids:
+        raise DataError(f"the tokenizer has no [unusedN] tokens for {count} context vectors")
+    return ids
+
+
+def _encode(tokenizer, phrases: list[str], indices: list[int], context: list[int]) -> TextPrompt:
+    """[CLS] ctx.. phrase . ctx.. phrase . [SEP]; a phrase's span covers its context tokens too,
+    as Grounding DINO's label maps take every token between delimiters."""
+    ids, spans = [tokenizer.cls_token_id], []
+    dot = tokenizer.convert_tokens_to_ids(".")
     for phrase in phrases:
-        char_spans.append((len(text), len(text) + len(phrase)))
-        text += phrase + " . "
-    enc = tokenizer(text.strip(), return_offsets_mapping=True, return_tensors="pt")
-    offsets = enc["offset_mapping"][0].tolist()
-    spans = []
-    for (c0, c1) in char_spans:
-        tokens = [i for i, (o0, o1) in enumerate(offsets) if o1 > o0 and o0 >= c0 and o1 <= c1]
-        spans.append((tokens[0], tokens[-1] + 1))
-    return TextPrompt(tuple(indices), enc["input_ids"], enc["attention_mask"],
-                      enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])), tuple(spans))
+        start = len(ids)
+        ids += context + tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        spans.append((start, len(ids)))
+        ids.append(dot)
+    ids.append(tokenizer.sep_token_id)
+    input_ids = torch.tensor([ids])
+    return TextPrompt(tuple(indices), input_ids, torch.ones_like(input_ids), torch.zeros_like(input_ids), tuple(spans))
 
 
-def build_prompts(tokenizer, phrases: list[str], max_text_len: int) -> list[TextPrompt]:
-    """Pack the phrases, in order, into as few prompts as fit ``max_text_len`` tokens."""
+def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context_tokens: int = 0) -> list[TextPrompt]:
+    """Pack the phrases, in order, into as few prompts as fit ``max_text_len`` tokens.
+
+    ``context_tokens`` slots go before every phrase (CoOp's learned context).
+    """
     if not phrases:
         raise DataError("a task needs at least one category phrase")
     cleaned = [check_phrase(p, i) for i, p in enumerate(phrases)]
-    prompts, chunk = [], []
-    for index, phrase in enumerate(cleaned):
-        # phrase tokens + its '.' ; the prompt adds [CLS] and [SEP]
-        alone = len(tokenizer(phrase, add_special_tokens=False)["input_ids"]) + 1
-        if alone + 2 > max_text_len:
-            raise DataError(f"category phrase {phrase!r} is {alone + 2} tokens with delimiters, longer than the "
-                            f"text encoder's limit of {max_text_len}")
-        trial = chunk + [index]
-        if chunk and _encode(tokenizer, [cleaned[i] for i in trial], trial).input_ids.shape[1] > max_text_len:
-            prompts.append(_encode(tokenizer, [cleaned[i] for i in chunk], chunk))
-            trial = [index]
-        chunk = trial
-    prompts.append(_encode(tokenizer, [cleaned[i] for i in chunk], chunk))
-    return prompts
+    context = context_token_ids(tokenizer, context_tokens)
+    lengths = [len(context) + len(tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in cleaned]  # + '.'
+    chunks, used = [[]], 2  # [CLS] and [SEP]
+    for index, (phrase, length) in enumerate(zip(cleaned, lengths)):
+        if length + 2 > max_text_len:
+            raise DataError(f"category phrase {phrase!r} is {length + 2} tokens with delimiters and context, longer "
+                            f"than the text encoder's limit of {max_text_len}")
+        if used + length > max_text_len:
+            chunks.append([])
+            used = 2
+        chunks[-1].append(index)
+        used += length
+    return [_encode(tokenizer, [cleaned[i] for i in chunk], chunk, context) for chunk in chunks]

@@ -1,0 +1,130 @@
+"""The one interface every PEFT method implements, and the method registry.
+
+A module belongs to one task. ``attach(host)`` sizes its parameters to the host
+(once) and installs hooks at the host's sites; ``detach()`` removes them, which
+restores the host's outputs bit for bit. ``enabled`` switches a module off
+without detaching it (its hooks then pass values through untouched).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+METHODS: dict[str, type["PeftModule"]] = {}
+
+
+class MethodError(ValueError):
+    """Unknown method, bad method config, or a module used in the wrong state."""
+
+
+def register_method(cls: type["PeftModule"]) -> type["PeftModule"]:
+    """Class decorator: make a method known by its ``method`` name."""
+    if cls.method in METHODS:
+        raise MethodError(f"method {cls.method!r} registered twice")
+    METHODS[cls.method] = cls
+    return cls
+
+
+def config_from_dict(config_class: type, values: dict[str, Any], method: str):
+    """Build a method's config dataclass, refusing unknown keys by name."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise MethodError(f"{method}: unknown config key(s) {unknown}; valid keys: {sorted(fields)}")
+    return config_class(**values)
+
+
+def build_module(method: str, config: dict[str, Any] | None = None, task: str | None = None) -> "PeftModule":
+    if method not in METHODS:
+        raise MethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    cls = METHODS[method]
+    return cls(config_from_dict(cls.Config, config or {}, method), task=task)
+
+
+class PeftModule(nn.Module):
+    """Base class: subclasses set ``method`` and ``Config`` and implement ``build`` and ``install``."""
+
+    method: ClassVar[str]
+    Config: ClassVar[type]
+    # False for methods that change the host's own weights (full fine-tuning):
+    # they cannot be stacked and the engine skips the host-integrity check.
+    stackable: ClassVar[bool] = True
+
+    def __init__(self, config=None, task: str | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        self.task = task
+        self._enabled = True
+        self.built_for: str | None = None  # fingerprint of the host the parameters were sized for
+        self._handles: list[RemovableHandle] = []
+        self._host_ref: list = []  # a list, so the host is not registered as a submodule
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        self.on_enabled_changed()
+
+    @property
+    def host(self):
+        return self._host_ref[0] if self._host_ref else None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._host_ref)
+
+    def attach(self, host) -> "PeftModule":
+        if self.attached:
+            raise MethodError(f"{self.method} module for task {self.task!r} is already attached")
+        fingerprint = host.fingerprint()
+        if self.built_for is None:
+            self.build(host)
+            self.built_for = fingerprint
+        elif self.built_for != fingerprint:
+            raise MethodError(f"{self.method} module for task {self.task!r} was built for host "
+                              f"{self.built_for[:12]}, not this one ({fingerprint[:12]})")
+        self._host_ref.append(host)
+        self._handles = list(self.install(host))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.uninstall()
+        self._host_ref.clear()
+
+    # -- to implement -------------------------------------------------------------
+    def build(self, host) -> None:
+        """Create this module's parameters, sized to the host."""
+        raise NotImplementedError
+
+    def install(self, host) -> list[RemovableHandle]:
+        """Install hooks on the host's sites; return their handles."""
+        raise NotImplementedError
+
+    def uninstall(self) -> None:
+        """Undo anything ``install`` did that a hook handle does not (optional)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains when this module is the one being trained."""
+        return list(self.parameters())
+
+    def module_state(self) -> dict:
+        """The tensors saved to and loaded from the module store."""
+        return self.state_dict()
+
+    def load_module_state(self, state: dict) -> None:
+        self.load_state_dict(state, strict=True)
+
+    def on_enabled_changed(self) -> None:
+        """React to ``enabled`` changing (optional; hooks usually just read the flag)."""
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)

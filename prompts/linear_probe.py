@@ -1,0 +1,52 @@
+"""Linear probing: train the prediction heads only.
+
+The module holds trainable copies of the host's heads (``host.sites("heads")``:
+the box MLPs and, since Grounding DINO's class scores are a parameter-free dot
+product with the text features, the text projection that feeds them) and
+routes each head's input through its copy. Heads that share weights (the
+decoder's tied box heads) share one copy. Fresh copies compute exactly what
+the originals do, so attaching changes nothing until training.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import nn
+
+from prompts.base import PeftModule, register_method
+
+
+@dataclass
+class LinearProbeConfig:
+    pass
+
+
+def _tie_key(module: nn.Module) -> int:
+    return id(next(module.parameters()))
+
+
+@register_method
+class LinearProbe(PeftModule):
+    method = "linear_probe"
+    Config = LinearProbeConfig
+
+    def build(self, host) -> None:
+        heads = host.sites("heads")
+        keys = list(dict.fromkeys(_tie_key(m) for m in heads.values()))
+        self.copies = nn.ModuleList()
+        first = {}
+        for name, module in heads.items():
+            first.setdefault(_tie_key(module), module)
+        for key in keys:
+            self.copies.append(copy.deepcopy(first[key]).requires_grad_(True))
+        self.site_copy = {name: keys.index(_tie_key(m)) for name, m in heads.items()}
+
+    def install(self, host):
+        heads = host.sites("heads")
+        return [heads[name].register_forward_hook(self._reroute(self.copies[i])) for name, i in self.site_copy.items()]
+
+    def _reroute(self, head_copy: nn.Module):
+        def hook(module, args, output):
+            return head_copy(*args) if self.enabled else None
+        return hook

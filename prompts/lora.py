@@ -1,0 +1,104 @@
+"""LoRA through Hugging Face peft (``LoraConfig`` + ``inject_adapter_in_model``).
+
+peft wraps each targeted nn.Linear of the host in a LoRA layer; several LoRA
+modules (one per task) share a wrapper as named peft adapters, and ``enabled``
+maps to the wrapper's active adapters. This module keeps its own references to
+its lora_A / lora_B weights, so it can be detached (the adapter deleted and,
+when none is left, the original nn.Linear put back) and attached again.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from prompts.base import MethodError, PeftModule, register_method
+
+_names = itertools.count()
+# LoRA on the fusion cross-attention (the paper's LoRA_X-MHA row) by default.
+XMHA_LINEARS = ["vision_proj", "text_proj", "values_vision_proj", "values_text_proj", "out_vision_proj", "out_text_proj"]
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(XMHA_LINEARS))
+
+
+def _lora_layers(model: nn.Module, adapter: str) -> dict[str, LoraLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
+
+
+@register_method
+class Lora(PeftModule):
+    method = "lora"
+    Config = LoraConfig
+
+    def build(self, host) -> None:
+        cfg = self.config
+        if cfg.r < 1:
+            raise MethodError(f"lora: r must be >= 1, got {cfg.r}")
+        self.adapter_name = f"lora{next(_names)}"
+        layers = self._inject(host)
+        self.site_names = list(layers)
+        self.lora_A = nn.ModuleList(layers[n].lora_A[self.adapter_name] for n in self.site_names)
+        self.lora_B = nn.ModuleList(layers[n].lora_B[self.adapter_name] for n in self.site_names)
+
+    def _inject(self, host) -> dict[str, LoraLayer]:
+        cfg = self.config
+        peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                     target_modules=list(cfg.target_modules))
+        # peft activates only the new adapter model-wide and resets requires_grad;
+        # other modules' state must survive this module's arrival.
+        active = {n: list(m.active_adapters) for n, m in host.model.named_modules() if isinstance(m, LoraLayer)}
+        grad_flags = {p: p.requires_grad for p in host.model.parameters()}
+        # peft refuses GroundingDinoForObjectDetection itself (its tied-weights
+        # check wants get_input_embeddings, which the model lacks); a plain
+        # holder around it passes that check and wraps the same layers.
+        holder = nn.Module()
+        holder.add_module("host", host.model)
+        try:
+            inject_adapter_in_model(peft_config, holder, adapter_name=self.adapter_name)
+        except ValueError as err:  # peft: no module matched
+            raise MethodError(f"lora: target_modules {cfg.target_modules} match no linear layer of the host") from err
+        for name, layer in host.model.named_modules():
+            if isinstance(layer, LoraLayer):
+                mine = [self.adapter_name] if self.adapter_name in layer.lora_A else []
+                layer.set_adapter(active.get(name, []) + mine)
+        for p, flag in grad_flags.items():
+            p.requires_grad_(flag)
+        return _lora_layers(host.model, self.adapter_name)
+
+    def install(self, host):
+        layers = _lora_layers(host.model, self.adapter_name) or self._inject(host)
+        for name, a, b in zip(self.site_names, self.lora_A, self.lora_B):
+            layers[name].lora_A[self.adapter_name] = a  # our weights, also after a detach
+            layers[name].lora_B[self.adapter_name] = b
+        self._apply_enabled()
+        return []
+
+    def uninstall(self) -> None:
+        model = self.host.model
+        for name, layer in _lora_layers(model, self.adapter_name).items():
+            layer.delete_adapter(self.adapter_name)
+            if not layer.lora_A:  # no LoRA left here: put the original linear back
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, layer.get_base_layer())
+
+    def on_enabled_changed(self) -> None:
+        if self.attached:
+            self._apply_enabled()
+
+    def _apply_enabled(self) -> None:
+        for layer in _lora_layers(self.host.model, self.adapter_name).values():
+            others = [n for n in layer.active_adapters if n != self.adapter_name]
+            keep = {p: p.requires_grad for p in layer.parameters()}  # peft's set_adapter changes these
+            layer.set_adapter(others + [self.adapter_name] if self.enabled else others or [])
+            for p, flag in keep.items():
+                p.requires_grad_(flag)

@@ -1,0 +1,119 @@
+"""SDPT: Synchronous Dual Prompt Tuning (Zhou et al., ECCV 2024).
+
+In every configured fusion layer l, one learnable matrix P_l of k prototype
+tokens lives in the fusion space (width E, the output of ``vision_proj``).
+Training-free inverse projections map it back to both modalities through the
+pseudo-inverses of the frozen query/key projections, bias removed first:
+
+    P_v = (P_l - b_v) @ pinv(W_v^T)    (k, d)  image side
+    P_t = (P_l - b_t) @ pinv(W_t^T)    (k, d)  text side
+
+so that ``vision_proj(P_v)`` is the least-squares reconstruction of P_l (and
+likewise for text). In the fusion attention, after its layer norms, P_v is
+appended to the image tokens and P_t to the text tokens, the padding masks
+grow by k, the unchanged attention runs, and the k extra rows are sliced off
+both outputs before the residual. Nothing is carried between layers.
+
+Mask modes: ``sync`` (the paper: image queries see the text-side prototypes)
+and ``official`` (the authors' code masks the text-side prototypes, so only
+the image-side ones act, through the text queries).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prompts.base import MethodError, PeftModule, register_method
+
+
+@dataclass
+class SdptConfig:
+    k: int = 10  # prototype tokens per layer
+    layers: list[int] | None = None  # fusion layer indices; None = all
+    init: str = "uniform"  # uniform(-1, 1) as the authors; or "normal" (std 0.02)
+    text_prompt_mask: str = "sync"  # or "official"
+
+
+def inverse_projection(linear: nn.Linear) -> torch.Tensor:
+    """pinv(W^T) in float32: maps fusion-space rows (minus the bias) back to the input space."""
+    return torch.linalg.pinv(linear.weight.detach().float().t())  # (E, d)
+
+
+@register_method
+class SdptPrompts(PeftModule):
+    method = "sdpt"
+    Config = SdptConfig
+
+    def build(self, host) -> None:
+        cfg = self.config
+        if cfg.text_prompt_mask not in ("sync", "official"):
+            raise MethodError(f"sdpt: text_prompt_mask must be 'sync' or 'official', got {cfg.text_prompt_mask!r}")
+        if cfg.init not in ("uniform", "normal") or cfg.k < 0:
+            raise MethodError(f"sdpt: need k >= 0 and init 'uniform' or 'normal', got k={cfg.k}, init={cfg.init!r}")
+        sites = list(host.sites("fusion").items())
+        indices = list(range(len(sites))) if cfg.layers is None else list(cfg.layers)
+        if any(not 0 <= i < len(sites) for i in indices):
+            raise MethodError(f"sdpt: layers {indices} out of range; the host has {len(sites)} fusion layers")
+        self.site_names = [sites[i][0] for i in indices]
+        width = sites[0][1].vision_proj.out_features  # E, the fusion space
+        self.prototypes = nn.ParameterList()
+        for name in self.site_names:
+            p = torch.empty(cfg.k, width)
+            nn.init.uniform_(p, -1.0, 1.0) if cfg.init == "uniform" else nn.init.normal_(p, std=0.02)
+            self.prototypes.append(nn.Parameter(p))
+        # Frozen projections -> pseudo-inverses computed once (not saved: derived from the host).
+        fusion = dict(sites)
+        for i, name in enumerate(self.site_names):
+            attn = fusion[name]
+            self.register_buffer(f"pinv_v{i}", inverse_projection(attn.vision_proj), persistent=False)
+            self.register_buffer(f"pinv_t{i}", inverse_projection(attn.text_proj), persistent=False)
+
+    def projected(self, i: int, attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P_v, P_t) of layer i: the prototypes mapped back to image and text space."""
+        p = self.prototypes[i].float()
+        p_v = (p - attn.vision_proj.bias.float()) @ getattr(self, f"pinv_v{i}")
+        p_t = (p - attn.text_proj.bias.float()) @ getattr(self, f"pinv_t{i}")
+        return p_v, p_t
+
+    def install(self, host):
+        fusion = host.sites("fusion")
+        handles = []
+        for i, name in enumerate(self.site_names):
+            attn = fusion[name]
+            handles.append(attn.register_forward_pre_hook(self._extend(i), with_kwargs=True))
+            handles.append(attn.register_forward_hook(self._slice, with_kwargs=True))
+        return handles
+
+    def _active(self) -> bool:
+        return self.enabled and self.config.k > 0
+
+    def _extend(self, i: int):
+        def hook(attn, args, kwargs):
+            if not self._active():
+                return None
+            vision, text = args  # GroundingDinoFusionLayer passes both feature tensors positionally
+            batch, k = vision.shape[0], self.config.k
+            p_v, p_t = self.projected(i, attn)
+            vision = torch.cat([vision, p_v.to(vision.dtype).expand(batch, k, -1)], 1)
+            text = torch.cat([text, p_t.to(text.dtype).expand(batch, k, -1)], 1)
+            # Masks are True at padding. Image-side prototypes are always visible;
+            # text-side ones are hidden from image queries in 'official' mode.
+            v_mask = kwargs.get("vision_attention_mask")
+            t_mask = kwargs.get("text_attention_mask")
+            v_mask = torch.zeros(batch, vision.shape[1] - k, dtype=torch.bool, device=vision.device) if v_mask is None else v_mask
+            t_mask = torch.zeros(batch, text.shape[1] - k, dtype=torch.bool, device=text.device) if t_mask is None else t_mask
+            hide_text = self.config.text_prompt_mask == "official"
+            kwargs["vision_attention_mask"] = torch.cat([v_mask, v_mask.new_zeros(batch, k)], 1)
+            kwargs["text_attention_mask"] = torch.cat([t_mask, t_mask.new_full((batch, k), hide_text)], 1)
+            return (vision, text), kwargs
+
+        return hook
+
+    def _slice(self, attn, args, kwargs, output):
+        if not self._active():
+            return None
+        k = self.config.k
+        (v_out, v_weights), (t_out, t_weights) = output
+        return (v_out[:, :-k], v_weights[:, :-k, :-k]), (t_out[:, :-k], t_weights[:, :-k, :-k])
