@@ -61,6 +61,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from continual.hosts.grounding_dino import GroundingDinoHost
+    from prompts import METHODS, build_module, parameter_counts
+
+    host = GroundingDinoHost.from_pretrained(args.checkpoint)
+    rows = []
+    for method in sorted(METHODS):
+        module = build_module(method).attach(host)
+        rows.append({"method": method, **parameter_counts(host, module), "config": module.config_dict()})
+        module.detach()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'method':<14}{'trainable':>12}{'total':>12}{'fraction':>11}  default config")
+        for r in rows:
+            print(f"{r['method']:<14}{r['trainable_params']:>12,}{r['total_params']:>12,}{r['fraction']:>10.4%}  {r['config']}")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from continual.pretrain import PretrainConfig, pretrain
 
@@ -105,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
     ev.set_defaults(func=cmd_eval)
 
+    me = sub.add_parser("methods", help="the PEFT methods with their parameter costs on a host")
+    me.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    me.add_argument("--json", action="store_true", help="print a JSON list")
+    me.set_defaults(func=cmd_methods)
+
     pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
     pt.add_argument("--out", required=True, help="folder for the checkpoint")
     pt.add_argument("--steps", type=int, default=12000)
@@ -131,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from continual.hosts.grounding_dino import HostError
+    from prompts import MethodError
     from tasks.errors import DataError
 
     args = build_parser().parse_args(argv)
@@ -138,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.func(args)
-    except (DataError, HostError) as err:
+    except (DataError, HostError, MethodError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from continual.hosts.prompts import context_token_ids
 from prompts.base import MethodError, PeftModule, register_method
 
 
@@ -33,7 +32,7 @@ class Coop(PeftModule):
             raise MethodError(f"coop: tokens must be >= 0, got {self.config.tokens}")
         (embeddings,) = host.sites("text_embeddings").values()
         self.context = nn.Parameter(torch.randn(self.config.tokens, embeddings.embedding_dim) * self.config.init_std)
-        self.register_buffer("slot_ids", torch.tensor(context_token_ids(host.tokenizer, self.config.tokens),
+        self.register_buffer("slot_ids", torch.tensor(host.context_token_ids(self.config.tokens),
                                                       dtype=torch.long), persistent=False)
 
     def install(self, host):

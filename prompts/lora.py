@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+import torch
 from torch import nn
 
 from prompts.base import MethodError, PeftModule, register_method
@@ -90,6 +91,28 @@ class Lora(PeftModule):
             if not layer.lora_A:  # no LoRA left here: put the original linear back
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent), child, layer.get_base_layer())
+
+    # Saved in peft's own naming, so the folder also loads with Hugging Face peft.
+    def module_state(self) -> dict:
+        state = {}
+        for name, a, b in zip(self.site_names, self.lora_A, self.lora_B):
+            state[f"base_model.model.{name}.lora_A.weight"] = a.weight
+            state[f"base_model.model.{name}.lora_B.weight"] = b.weight
+        return state
+
+    def load_module_state(self, state: dict) -> None:
+        own = self.module_state()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(state[key])
+
+    def peft_config_dict(self) -> dict:
+        cfg = self.config
+        return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+                "target_modules": list(cfg.target_modules), "bias": "none"}
 
     def on_enabled_changed(self) -> None:
         if self.attached:

