@@ -81,10 +81,11 @@ def cmd_methods(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from continual.pretrain import PretrainConfig, pretrain
+    from continual.pretrain import PretrainConfig, default_train_config, pretrain
 
-    cfg = PretrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
-                         train_images=args.train_images)
+    train_cfg = default_train_config()
+    train_cfg.steps, train_cfg.lr, train_cfg.seed, train_cfg.batch_size = args.steps, args.lr, args.seed, args.batch_size
+    cfg = PretrainConfig(train=train_cfg, train_images=args.train_images)
     record = pretrain(Path(args.out), cfg, progress=_progress())
     print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f} after {record['minutes']:.1f} min")
     return 0
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
     pt.add_argument("--out", required=True, help="folder for the checkpoint")
-    pt.add_argument("--steps", type=int, default=12000)
+    pt.add_argument("--steps", type=int, default=10000)
     pt.add_argument("--lr", type=float, default=2e-4)
     pt.add_argument("--batch-size", type=int, default=8)
     pt.add_argument("--train-images", type=int, default=6000)
