@@ -80,6 +80,37 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from omegaconf import OmegaConf
+
+    from continual.finetune import finetune
+    from continual.hosts.grounding_dino import GroundingDinoHost
+    from continual.training import TrainConfig
+    from prompts import METHODS
+    from tasks.task import load_task
+
+    if args.method not in METHODS:
+        raise SystemExit(f"continual train: unknown method {args.method!r}; known: {', '.join(sorted(METHODS))}")
+    host = GroundingDinoHost.from_pretrained(args.checkpoint)
+    task = load_task(args.task, seed=args.seed)
+    method_config = OmegaConf.to_container(OmegaConf.from_dotlist(args.set)) if args.set else {}
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr or METHODS[args.method].default_lr,
+                      seed=args.seed)
+    result = finetune(host, task, args.method, method_config, cfg, [Path(p) for p in args.on_top],
+                      Path(args.out) if args.out else None, progress=_progress())
+    summary = {"method": args.method, "task": args.task, "steps": cfg.steps, "lr": cfg.lr,
+               "train_seconds": round(result.seconds, 1), "before": result.before, "after": result.after,
+               "final_loss": result.losses[-1], "module": str(result.module_dir) if result.module_dir else None}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.method} on {args.task}: {cfg.steps} steps in {result.seconds:.0f} s, lr {cfg.lr:g}")
+        print(_format_metrics({"before": result.before, "after": result.after}))
+        if result.module_dir:
+            print(f"module saved to {result.module_dir}")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from continual.pretrain import PretrainConfig, default_train_config, pretrain
 
@@ -130,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--json", action="store_true", help="print a JSON list")
     me.set_defaults(func=cmd_methods)
 
+    tr = sub.add_parser("train", help="train one PEFT module on one task (on top of earlier modules)")
+    tr.add_argument("--method", required=True, help="sdpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
+    tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
+    tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    tr.add_argument("--on-top", action="append", default=[], metavar="MODULE_DIR",
+                    help="a saved module to stack below the new one; repeatable, in order")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="method config, e.g. --set k=20 --set text_prompt_mask=official")
+    tr.add_argument("--steps", type=int, default=300)
+    tr.add_argument("--lr", type=float, default=None, help="default: the method's own")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", help="save the module to this folder")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
     pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
     pt.add_argument("--out", required=True, help="folder for the checkpoint")
     pt.add_argument("--steps", type=int, default=10000)
@@ -155,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from continual.finetune import IntegrityError
     from continual.hosts.grounding_dino import HostError
     from prompts import MethodError
     from tasks.errors import DataError
@@ -164,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.func(args)
-    except (DataError, HostError, MethodError) as err:
+    except (DataError, HostError, MethodError, IntegrityError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

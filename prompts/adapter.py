@@ -39,6 +39,7 @@ class Bottleneck(nn.Module):
 class Adapter(PeftModule):
     method = "adapter"
     Config = AdapterConfig
+    default_lr = 0.001
 
     def _ffns(self, host):
         found = {}

@@ -49,6 +49,7 @@ class PeftModule(nn.Module):
 
     method: ClassVar[str]
     Config: ClassVar[type]
+    default_lr: ClassVar[float] = 1e-3  # a learning rate that trains this method on the tiny host
     # False for methods that change the host's own weights (full fine-tuning):
     # they cannot be stacked and the engine skips the host-integrity check.
     stackable: ClassVar[bool] = True

@@ -30,6 +30,7 @@ def _matches(name: str, targets: list[str] | None) -> bool:
 class BitFit(PeftModule):
     method = "bitfit"
     Config = BitfitConfig
+    default_lr = 0.001
 
     def _layers(self, host) -> dict[str, nn.Module]:
         return {name: m for name, m in host.model.named_modules()

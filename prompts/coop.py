@@ -26,6 +26,7 @@ class CoopConfig:
 class Coop(PeftModule):
     method = "coop"
     Config = CoopConfig
+    default_lr = 0.01
 
     def build(self, host) -> None:
         if self.config.tokens < 0:

@@ -24,6 +24,7 @@ class FullFtConfig:
 class FullFineTuning(PeftModule):
     method = "full_ft"
     Config = FullFtConfig
+    default_lr = 0.0001
     stackable = False
 
     # Invariant: while attached and enabled the host holds the tuned weights;

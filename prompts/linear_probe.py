@@ -30,6 +30,7 @@ def _tie_key(module: nn.Module) -> int:
 class LinearProbe(PeftModule):
     method = "linear_probe"
     Config = LinearProbeConfig
+    default_lr = 0.001
 
     def build(self, host) -> None:
         heads = host.sites("heads")

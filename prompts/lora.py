@@ -40,6 +40,7 @@ def _lora_layers(model: nn.Module, adapter: str) -> dict[str, LoraLayer]:
 class Lora(PeftModule):
     method = "lora"
     Config = LoraConfig
+    default_lr = 0.001
 
     def build(self, host) -> None:
         cfg = self.config

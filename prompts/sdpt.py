@@ -45,6 +45,7 @@ def inverse_projection(linear: nn.Linear) -> torch.Tensor:
 class SdptPrompts(PeftModule):
     method = "sdpt"
     Config = SdptConfig
+    default_lr = 0.01
 
     def build(self, host) -> None:
         cfg = self.config

@@ -28,6 +28,7 @@ class VptConfig:
 class VisualPromptTuning(PeftModule):
     method = "vpt"
     Config = VptConfig
+    default_lr = 0.01
 
     def build(self, host) -> None:
         if self.config.tokens < 0:
