@@ -34,13 +34,11 @@ class LinearProbe(PeftModule):
 
     def build(self, host) -> None:
         heads = host.sites("heads")
-        keys = list(dict.fromkeys(_tie_key(m) for m in heads.values()))
-        self.copies = nn.ModuleList()
-        first = {}
-        for name, module in heads.items():
-            first.setdefault(_tie_key(module), module)
-        for key in keys:
-            self.copies.append(copy.deepcopy(first[key]).requires_grad_(True))
+        first_of_group: dict[int, nn.Module] = {}  # tie key -> first head with those weights
+        for module in heads.values():
+            first_of_group.setdefault(_tie_key(module), module)
+        keys = list(first_of_group)
+        self.copies = nn.ModuleList(copy.deepcopy(m).requires_grad_(True) for m in first_of_group.values())
         self.site_copy = {name: keys.index(_tie_key(m)) for name, m in heads.items()}
 
     def install(self, host):

@@ -60,7 +60,7 @@ class SdptPrompts(PeftModule):
         self.site_names = [sites[i][0] for i in indices]
         width = sites[0][1].vision_proj.out_features  # E, the fusion space
         self.prototypes = nn.ParameterList()
-        for name in self.site_names:
+        for _ in self.site_names:
             p = torch.empty(cfg.k, width)
             nn.init.uniform_(p, -1.0, 1.0) if cfg.init == "uniform" else nn.init.normal_(p, std=0.02)
             self.prototypes.append(nn.Parameter(p))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from PIL import ImageDraw
-
 Box = tuple[float, float, float, float]
 Painter = Callable[..., None]
 

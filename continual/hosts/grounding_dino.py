@@ -14,7 +14,6 @@ beside them says where it comes from), which keeps the shipped file small.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +90,9 @@ class GroundingDinoHost(nn.Module):
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
         # Modules that put learned context before every phrase (prompts/coop.py).
         self.text_context: list = []
-        # The host's own tensors (views sharing their storage), taken now so
-        # that modules attached later, even ones that wrap host layers (peft),
-        # never enter the fingerprint.
-        self._base_tensors = sorted(self.model.state_dict().items())
+        # Names of the host's own tensors, so that modules attached later never
+        # enter the fingerprint.
+        self._base_names = frozenset(self.model.state_dict())
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -107,7 +105,10 @@ class GroundingDinoHost(nn.Module):
             known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
             raise HostError(f"unknown built-in checkpoint {source!r}; shipped: {known}")
         meta = json.loads((folder / "host.json").read_text()) if (folder / "host.json").is_file() else {}
-        model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
+        try:
+            model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
+        except (OSError, ValueError) as err:
+            raise HostError(f"cannot load a Grounding DINO from {source!r}: {err}") from err
         if meta.get("text_backbone") == TEXT_PACKAGE:
             load_text_backbone(model, minilm_path())
         tokenizer = AutoTokenizer.from_pretrained(minilm_path() if meta.get("text_backbone") == TEXT_PACKAGE
@@ -136,8 +137,13 @@ class GroundingDinoHost(nn.Module):
 
     # -- identity ---------------------------------------------------------------
     def fingerprint(self) -> str:
-        """sha256 over the host's own weights (names, dtypes, shapes, bytes)."""
-        return tensor_digest(self._base_tensors)
+        """sha256 over the host's own weights (names, dtypes, shapes, bytes).
+
+        peft wraps a layer as ``<layer>.base_layer``; its original weights are
+        found under that name, and the LoRA weights beside them are left out.
+        """
+        own = {name.replace(".base_layer", ""): t for name, t in self.model.state_dict().items()}
+        return tensor_digest(sorted((n, t) for n, t in own.items() if n in self._base_names))
 
     def freeze(self) -> None:
         self.model.requires_grad_(False)
@@ -275,7 +281,3 @@ def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
-
-@lru_cache(maxsize=None)
-def builtin_names() -> tuple[str, ...]:
-    return ("builtin:tiny",) + tuple(f"builtin:{p.name}" for p in sorted(BUILTIN_DIR.glob("*")) if p.is_dir())
