@@ -41,3 +41,17 @@ def test_bad_input_is_one_line_error_not_a_traceback(tmp_path):
     out = _run("eval", "--checkpoint", "builtin:tiny-base", "--task", str(tmp_path / "nowhere"))
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_pretrain_command_writes_a_loadable_checkpoint(tmp_path):
+    env_cache = {"CONTINUAL_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([CONTINUAL, "pretrain", "--out", str(tmp_path / "ckpt"), "--steps", "3",
+                          "--train-images", "16"], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, **env_cache})
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
+    assert record["config"]["train"]["steps"] == 3 and "mAP" in record["base_val"]
+    assert set(record["zero_shot"]) == {"synthetic:aquarium", "synthetic:fruit", "synthetic:vehicles",
+                                        "synthetic:signs", "synthetic:space"}
+    again = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
