@@ -180,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
     pt.add_argument("--out", required=True, help="folder for the checkpoint")
     pt.add_argument("--steps", type=int, default=10000)
-    pt.add_argument("--lr", type=float, default=2e-4)
+    pt.add_argument("--lr", type=float, default=3e-4)
     pt.add_argument("--batch-size", type=int, default=8)
     pt.add_argument("--train-images", type=int, default=6000)
-    pt.add_argument("--seed", type=int, default=1)
+    pt.add_argument("--seed", type=int, default=2)
     pt.set_defaults(func=cmd_pretrain)
 
     da = sub.add_parser("data", help="list the synthetic worlds, or write them (COCO layout) and print their folders")

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def default_train_config() -> TrainConfig:
-    return TrainConfig(steps=10000, batch_size=8, lr=2e-4, weight_decay=1e-4, warmup=300, clip=0.1, seed=1)
+    # run that produced the shipped checkpoint (lr 2e-4 with seed 1 reached 0.506)
+    return TrainConfig(steps=10000, batch_size=8, lr=3e-4, weight_decay=1e-4, warmup=300, clip=0.1, seed=2)
 
 
 @dataclass
