@@ -39,7 +39,7 @@ class Bottleneck(nn.Module):
 class Adapter(PeftModule):
     method = "adapter"
     Config = AdapterConfig
-    default_lr = 0.001
+    default_lr = 0.003
 
     def _ffns(self, host):
         found = {}
