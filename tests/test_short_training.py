@@ -2,8 +2,7 @@
 
 Measured on 2 CPU cores (see the issue notes): the base checkpoint's zero-shot
 aquarium mAP is 0.0006; an Adapter (600 steps, 74 s) reaches 0.044; SDPT stays
-at noise level (0.0012 after 300 steps): with zero-shot at 0 the novel world
-shares nothing with the base world for prompt tuning to re-align (open).
+at noise level (0.0012 after 300 steps); the cause is open (see the issue notes).
 """
 import pytest
 
