@@ -12,8 +12,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from continual.detect import evaluate_task
 from continual.hosts.grounding_dino import GroundingDinoHost
 from continual.training import TrainConfig, train
@@ -37,7 +35,6 @@ class PretrainConfig:
 
 
 def pretrain(out_dir: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
-    torch.manual_seed(cfg.train.seed)
     host = GroundingDinoHost.build_tiny(cfg.image_size, seed=cfg.train.seed)
     host.model.model.text_backbone.requires_grad_(False)
     base = load_task("synthetic:base", sizes=WorldSizes(train=cfg.train_images, val=200, image_size=cfg.image_size))

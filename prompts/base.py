@@ -127,5 +127,9 @@ class PeftModule(nn.Module):
     def on_enabled_changed(self) -> None:
         """React to ``enabled`` changing (optional; hooks usually just read the flag)."""
 
+    def export_config(self) -> dict[str, Any]:
+        """Extra keys for adapter_config.json (LoRA: those that make it a valid peft config)."""
+        return {}
+
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

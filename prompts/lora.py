@@ -8,6 +8,7 @@ when none is left, the original nn.Linear put back) and attached again.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 
@@ -30,6 +31,17 @@ class LoraConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(XMHA_LINEARS))
+
+
+@contextlib.contextmanager
+def _requires_grad_kept(module: nn.Module):
+    """peft's injection and set_adapter reset requires_grad; put every existing flag back after."""
+    flags = {p: p.requires_grad for p in module.parameters()}
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
 
 
 def _lora_layers(model: nn.Module, adapter: str) -> dict[str, LoraLayer]:
@@ -56,25 +68,23 @@ class Lora(PeftModule):
         cfg = self.config
         peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                      target_modules=list(cfg.target_modules))
-        # peft activates only the new adapter model-wide and resets requires_grad;
-        # other modules' state must survive this module's arrival.
+        # peft activates only the new adapter model-wide; the other modules'
+        # active adapters must survive this module's arrival.
         active = {n: list(m.active_adapters) for n, m in host.model.named_modules() if isinstance(m, LoraLayer)}
-        grad_flags = {p: p.requires_grad for p in host.model.parameters()}
         # peft refuses GroundingDinoForObjectDetection itself (its tied-weights
         # check wants get_input_embeddings, which the model lacks); a plain
         # holder around it passes that check and wraps the same layers.
         holder = nn.Module()
         holder.add_module("host", host.model)
-        try:
-            inject_adapter_in_model(peft_config, holder, adapter_name=self.adapter_name)
-        except ValueError as err:  # peft: no module matched
-            raise MethodError(f"lora: target_modules {cfg.target_modules} match no linear layer of the host") from err
-        for name, layer in host.model.named_modules():
-            if isinstance(layer, LoraLayer):
-                mine = [self.adapter_name] if self.adapter_name in layer.lora_A else []
-                layer.set_adapter(active.get(name, []) + mine)
-        for p, flag in grad_flags.items():
-            p.requires_grad_(flag)
+        with _requires_grad_kept(host.model):
+            try:
+                inject_adapter_in_model(peft_config, holder, adapter_name=self.adapter_name)
+            except ValueError as err:  # peft: no module matched
+                raise MethodError(f"lora: target_modules {cfg.target_modules} match no linear layer of the host") from err
+            for name, layer in host.model.named_modules():
+                if isinstance(layer, LoraLayer):
+                    mine = [self.adapter_name] if self.adapter_name in layer.lora_A else []
+                    layer.set_adapter(active.get(name, []) + mine)
         return _lora_layers(host.model, self.adapter_name)
 
     def install(self, host):
@@ -110,7 +120,7 @@ class Lora(PeftModule):
             for key, tensor in own.items():
                 tensor.copy_(state[key])
 
-    def peft_config_dict(self) -> dict:
+    def export_config(self) -> dict:
         cfg = self.config
         return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
                 "target_modules": list(cfg.target_modules), "bias": "none"}
@@ -122,7 +132,5 @@ class Lora(PeftModule):
     def _apply_enabled(self) -> None:
         for layer in _lora_layers(self.host.model, self.adapter_name).values():
             others = [n for n in layer.active_adapters if n != self.adapter_name]
-            keep = {p: p.requires_grad for p in layer.parameters()}  # peft's set_adapter changes these
-            layer.set_adapter(others + [self.adapter_name] if self.enabled else others or [])
-            for p, flag in keep.items():
-                p.requires_grad_(flag)
+            with _requires_grad_kept(layer):
+                layer.set_adapter(others + [self.adapter_name] if self.enabled else others)

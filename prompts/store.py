@@ -50,7 +50,7 @@ def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
     try:
         config = {"peft_type": "CONTINUAL", "method": module.method, "config": module.config_dict(),
                   "task": module.task, "base_model_name_or_path": host.source}
-        config.update(getattr(module, "peft_config_dict", dict)())  # LoRA: also a valid peft config
+        config.update(module.export_config())
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         # cloned: safetensors refuses tensors that share memory (tied heads in full_ft)
         state = {k: v.detach().cpu().clone() for k, v in module.module_state().items()}

@@ -149,12 +149,11 @@ def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
     tried = []
     for name in names:
         ann = root / "annotations" / f"instances_{name}.json"
+        roboflow = root / name / "_annotations.coco.json"
+        tried += [str(ann.relative_to(root)), str(roboflow.relative_to(root))]
         for images in (root / name, root / "images" / name):
-            tried.append(str(ann.relative_to(root)))
             if ann.is_file() and images.is_dir():
                 return ann, images
-        roboflow = root / name / "_annotations.coco.json"
-        tried.append(str(roboflow.relative_to(root)))
         if roboflow.is_file():
             return roboflow, roboflow.parent
-    raise DataError(f"{root}: no {split!r} split found; looked for {', '.join(dict.fromkeys(tried))}")
+    raise DataError(f"{root}: no {split!r} split found; looked for {', '.join(tried)}")

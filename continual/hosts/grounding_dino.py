@@ -145,9 +145,6 @@ class GroundingDinoHost(nn.Module):
         own = {name.replace(".base_layer", ""): t for name, t in self.model.state_dict().items()}
         return tensor_digest(sorted((n, t) for n, t in own.items() if n in self._base_names))
 
-    def freeze(self) -> None:
-        self.model.requires_grad_(False)
-
     # -- sites ------------------------------------------------------------------
     def sites(self, kind: str) -> dict[str, nn.Module]:
         """Named places where methods attach, by kind (see SITE_KINDS)."""
@@ -240,7 +237,7 @@ class GroundingDinoHost(nn.Module):
         image by that image's own label count, right only then). With several
         prompts, each sees only its own phrases' boxes and the losses average.
         """
-        total, parts = 0.0, {}
+        total, parts = 0.0, {}  # parts stay tensors: no device sync per step
         prompt_list = self.prompts(phrases)
         for prompt in prompt_list:
             local = {g: l for l, g in enumerate(prompt.phrase_indices)}
@@ -253,7 +250,7 @@ class GroundingDinoHost(nn.Module):
             out = self._forward(pixel_values, prompt, labels)
             total = total + out.loss / len(prompt_list)
             for k, v in out.loss_dict.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / len(prompt_list)
+                parts[k] = parts.get(k, 0.0) + v.detach() / len(prompt_list)
         return total, parts
 
     @torch.no_grad()
