@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ from continual.detect import collate
 class TrainConfig:
     steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: Optional[float] = None  # None: the method's default_lr
     weight_decay: float = 1e-4
     warmup: int = 30
     clip: float = 1.0

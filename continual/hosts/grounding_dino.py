@@ -198,13 +198,19 @@ class GroundingDinoHost(nn.Module):
         return {name: (layer.fc1, layer.fc2) for name, layer in self.sites(kind).items()}
 
     # -- inputs -----------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> normalised (B, 3, S, S); boxes stay valid as image fractions."""
+    def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) floats in 0-1 on the CPU; boxes stay valid as image fractions."""
         size = self.image_size
         arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
                              if im.size != (size, size) else im.convert("RGB")) for im in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
-        return ((pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0-1 pixels -> the backbone's input, on the host's device."""
+        return (pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.normalize(self.to_pixels(images))
 
     def prompts(self, phrases: list[str] | tuple[str, ...]) -> list[TextPrompt]:
         context = max((m.config.tokens for m in self.text_context if m.enabled), default=0)

@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary sibling, fsync, then a rename, so a crash leaves the old file or the new one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class OutputError(OSError):
+    """An output that cannot be written (unwritable folder, full disk)."""
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({err.strerror or err}); the previous version, if any, is intact") \
+            from err
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, value) -> Path:
+    return write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_files(folder: str | Path, files: dict[str, bytes | str]) -> None:
+    """Write {relative path: content} under ``folder``, each file atomically."""
+    for name, content in files.items():
+        write_bytes(Path(folder) / name, content.encode() if isinstance(content, str) else content)

@@ -1,0 +1,232 @@
+"""Experiment configs: one YAML file describes a stream (or a study of several).
+
+The schema is a tree of dataclasses; omegaconf merges the YAML file and the
+command line's ``key=value`` overrides onto it and checks names and types.
+Our checks on top: the nearest valid key for a misspelt one, values in range,
+methods and tasks that exist, and streams that make sense, all before any
+model is loaded.
+
+    name: compat
+    host: builtin:tiny-base
+    tasks:                      # the catalogue: name -> data
+      base: {data: synthetic:base}
+      aquarium: {data: synthetic:aquarium}
+    stream:                     # one stream ...
+      - {task: base, method: adapter}
+      - {task: aquarium, method: sdpt, config: {k: 10}, train: {steps: 600}}
+    settings:                   # ... or a study: several named streams
+      adapter+sdpt: [{task: base, method: adapter}, {task: aquarium, method: sdpt}]
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from continual.training import TrainConfig
+
+NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
+POLICIES = ("all", "own")
+EVALUATE = ("stream", "seen")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown key, wrong type, bad value, unknown method or task."""
+
+
+@dataclass
+class TaskConfig:
+    data: str = "???"  # synthetic:WORLD, coco:FOLDER or a COCO-layout folder
+    phrases: dict[str, str] = field(default_factory=dict)  # category name -> prompt phrase
+
+
+@dataclass
+class StepConfig:
+    task: str = "???"
+    method: str = "sdpt"  # or "none": evaluate the task without training a module
+    config: dict[str, Any] = field(default_factory=dict)  # the method's config
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the run's `train`
+
+
+@dataclass
+class DataConfig:
+    """Sizes of the synthetic worlds (COCO folders are used as they are)."""
+
+    train_images: int = 400
+    val_images: int = 100
+    image_size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    run_dir: str = "runs/${name}"
+    host: str = "builtin:tiny-base"
+    device: str = "auto"  # auto: cuda when present
+    seed: int = 0
+    policy: str = "all"  # composition at evaluation: all | own
+    evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
+    held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
+    eval_batch_size: int = 16
+    checkpoint_every: int = 100  # steps between mid-task checkpoints (0: task ends only)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    start_from: list[str] = field(default_factory=list)  # module folders stacked before the first task
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    stream: list[StepConfig] = field(default_factory=list)
+    settings: dict[str, list[StepConfig]] = field(default_factory=dict)
+
+    def streams(self) -> dict[str, list[StepConfig]]:
+        """Named streams: the settings of a study, or the one stream under the run's name."""
+        return dict(self.settings) if self.settings else {self.name: list(self.stream)}
+
+    @property
+    def is_study(self) -> bool:
+        return bool(self.settings)
+
+
+def _nearest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _check_keys(value: Any, schema: Any, path: str, where: str) -> None:
+    """Refuse keys the schema does not have, naming the nearest valid one."""
+    if dataclasses.is_dataclass(schema):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {path or 'the config'} must be a mapping of {schema.__name__} fields, "
+                              f"got {type(value).__name__}")
+        hints = typing.get_type_hints(schema)
+        for key, item in value.items():
+            if key not in hints:
+                raise ConfigError(f"{where}: unknown config key {path + str(key)!r}{_nearest(str(key), hints)}")
+            _check_keys(item, hints[key], f"{path}{key}.", where)
+        return
+    origin, args = typing.get_origin(schema), typing.get_args(schema)
+    if origin is typing.Union:  # Optional[X]
+        _check_keys(value, next(a for a in args if a is not type(None)), path, where)
+    elif origin is dict and isinstance(value, dict):
+        for key, item in value.items():
+            _check_keys(item, args[1], f"{path}{key}.", where)
+    elif origin is list and isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_keys(item, args[0], f"{path}{i}.", where)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides, check everything; raise ConfigError on any fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml's scanner/parser errors have no common base we can import cleanly
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a config is a mapping of keys, got {type(raw).__name__}")
+    _check_keys(OmegaConf.to_container(raw), RunConfig, "", str(path))
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"command line: bad override ({str(err).splitlines()[0]}); use key=value") from err
+    _check_keys(OmegaConf.to_container(cli), RunConfig, "", "command line")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw, cli)
+        cfg: RunConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{path}: bad value for {key!r}: {str(err).splitlines()[0]}") from err
+    validate(cfg, str(path))
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def step_train_config(cfg: RunConfig, step: StepConfig, where: str = "config") -> TrainConfig:
+    """The run's ``train`` section with the step's overrides on top."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg.train), step.train))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}: bad train override for task {step.task!r}: {str(err).splitlines()[0]}") from err
+
+
+def _positive(where: str, values: dict[str, float | None], allow_zero: tuple[str, ...] = ()) -> None:
+    for key, value in values.items():
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and key not in allow_zero):
+            raise ConfigError(f"{where}: {key} must be {'>= 0' if key in allow_zero else '> 0'}, got {value}")
+
+
+def _check_train(where: str, prefix: str, train: TrainConfig) -> None:
+    _positive(where, {f"{prefix}steps": train.steps, f"{prefix}batch_size": train.batch_size, f"{prefix}lr": train.lr,
+                      f"{prefix}weight_decay": train.weight_decay, f"{prefix}warmup": train.warmup,
+                      f"{prefix}clip": train.clip},
+              allow_zero=(f"{prefix}weight_decay", f"{prefix}warmup"))
+
+
+def validate(cfg: RunConfig, where: str) -> None:
+    """Everything that can be checked before a model or a dataset is loaded."""
+    from prompts import METHODS, MethodError, build_module
+    from tasks.worlds import WORLDS
+
+    if cfg.policy not in POLICIES:
+        raise ConfigError(f"{where}: policy must be one of {POLICIES}, got {cfg.policy!r}")
+    if cfg.evaluate not in EVALUATE:
+        raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"{where}: device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    _positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
+                      "data.image_size": cfg.data.image_size, "eval_batch_size": cfg.eval_batch_size,
+                      "checkpoint_every": cfg.checkpoint_every}, allow_zero=("checkpoint_every",))
+    _check_train(where, "train.", cfg.train)
+    for name, task in cfg.tasks.items():
+        if task.data.startswith("synthetic:"):
+            world = task.data.split(":", 1)[1]
+            if world not in WORLDS:
+                raise ConfigError(f"{where}: tasks.{name}.data: unknown world {world!r}{_nearest(world, WORLDS)}")
+        elif not Path(task.data.removeprefix("coco:")).is_dir():
+            raise ConfigError(f"{where}: tasks.{name}.data: {task.data!r} is neither synthetic:WORLD "
+                              f"({', '.join(WORLDS)}) nor an existing COCO-layout folder")
+    if cfg.stream and cfg.settings:
+        raise ConfigError(f"{where}: give either `stream` (one stream) or `settings` (a study), not both")
+    streams = cfg.streams()
+    for setting, steps in streams.items():
+        label = f"settings.{setting}" if cfg.is_study else "stream"
+        if not steps:
+            raise ConfigError(f"{where}: {label} is empty; list at least one {{task, method}} step")
+        seen = set()
+        for i, step in enumerate(steps):
+            at = f"{label}.{i}"
+            if step.task not in cfg.tasks:
+                raise ConfigError(f"{where}: {at}.task: unknown task {step.task!r}{_nearest(step.task, cfg.tasks)}"
+                                  if cfg.tasks else f"{where}: {at}.task: {step.task!r} but the config has no `tasks`")
+            if step.task in seen:
+                raise ConfigError(f"{where}: {at}.task: task {step.task!r} appears twice in {label}")
+            seen.add(step.task)
+            if step.method != NO_MODULE:
+                if step.method not in METHODS:
+                    raise ConfigError(f"{where}: {at}.method: unknown method {step.method!r}"
+                                      f"{_nearest(step.method, [*METHODS, NO_MODULE])}")
+                try:
+                    build_module(step.method, step.config)
+                except (MethodError, TypeError, ValueError) as err:
+                    raise ConfigError(f"{where}: {at}.config: {err}") from err
+            _check_train(where, f"{at}.train.", step_train_config(cfg, step, where))
+        for name in cfg.held_out:
+            if name not in cfg.tasks:
+                raise ConfigError(f"{where}: held_out: unknown task {name!r}{_nearest(name, cfg.tasks)}")
+            if name in seen:
+                raise ConfigError(f"{where}: held_out: task {name!r} is also trained in {label}")
+    for folder in cfg.start_from:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{where}: start_from: module folder {folder!r} not found")

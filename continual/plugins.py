@@ -1,0 +1,168 @@
+"""Avalanche plugins of the engine: module stacking, COCO metrics, progress and the loss record."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metric_definitions import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from tqdm.auto import tqdm
+
+from continual.training import TrainConfig
+from evaluation.coco_eval import coco_bbox_metrics
+from prompts import Stack, build_module
+from tasks.task import DetectionTask
+
+LOGGED_STATS = ("mAP", "AP50", "AP75", "AR100")
+
+
+class IntegrityError(RuntimeError):
+    """A frozen tensor (host or earlier module) changed while a new module trained."""
+
+
+@dataclass
+class TrainingPlan:
+    """What to train on one experience: the task, the method and its settings."""
+
+    task: DetectionTask
+    method: str
+    config: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class StackingPlugin(SupervisedPlugin):
+    """Puts each experience's new module on the stack, trains only it, checks the rest did not move.
+
+    Before a training experience: build the module, push it, freeze everything
+    else, give the strategy an optimizer over the module alone. After it: hash
+    the host and the earlier modules again and raise IntegrityError if any
+    changed. Before an evaluation experience: switch modules by the policy
+    for the evaluated task and prompt with that task's phrases.
+    """
+
+    def __init__(self, stack: Stack, plans: dict[int, TrainingPlan], eval_tasks: list[DetectionTask], policy: str):
+        super().__init__()
+        self.stack, self.plans, self.eval_tasks, self.policy = stack, plans, eval_tasks, policy
+        self.module = None
+        self._frozen: dict | None = None
+        self.resume_state: dict | None = None  # {module, optimizer} tensors of a mid-experience checkpoint
+
+    def before_training_exp(self, strategy, **kwargs):
+        plan = self.plans[strategy.experience.current_experience]
+        self.module = self.stack.push(build_module(plan.method, plan.config, task=plan.task.name))
+        self._frozen = self.stack.frozen_hashes(except_module=self.module) if self.module.stackable else None
+        params = self.stack.train_only(self.module)
+        self.module.to(strategy.device)
+        strategy.optimizer = torch.optim.AdamW(params, lr=plan.train.lr, weight_decay=plan.train.weight_decay)
+        if self.resume_state is not None:
+            self.module.load_module_state(self.resume_state["module"])
+            strategy.optimizer.load_state_dict(self.resume_state["optimizer"])
+            self.resume_state = None
+        strategy.model.phrases = plan.task.phrases
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.module.requires_grad_(False)
+        if self._frozen is None:
+            return
+        now = self.stack.frozen_hashes(except_module=self.module)
+        moved = sorted(k for k in self._frozen if now.get(k) != self._frozen[k])
+        if moved:
+            plan = self.plans[strategy.experience.current_experience]
+            raise IntegrityError(f"training {plan.method} on {plan.task.name} changed frozen tensors: {moved} "
+                                 "(the host and earlier modules must stay bit-identical)")
+
+    def before_eval_exp(self, strategy, **kwargs):
+        task = self.eval_tasks[strategy.experience.current_experience]
+        self.stack.use(self.policy, task.name)
+        strategy.model.phrases = task.phrases
+
+    def after_eval(self, strategy, **kwargs):
+        self.stack.use("all")
+
+
+class CocoMetric(PluginMetric[dict]):
+    """COCO bbox metrics per evaluated task, accumulated over the experience's minibatches.
+
+    Avalanche's ``detection_predictions`` holds only the last minibatch, so the
+    detections are gathered here at every iteration.
+    """
+
+    def __init__(self, eval_tasks: list[DetectionTask]):
+        super().__init__()
+        self.eval_tasks = eval_tasks
+        self.results: dict[str, dict] = {}
+        self._detections: list[dict] = []
+
+    def reset(self) -> None:
+        self._detections = []
+
+    def result(self) -> dict:
+        return dict(self.results)
+
+    def before_eval_exp(self, strategy):
+        self.reset()
+
+    def after_eval_iteration(self, strategy):
+        task = self.eval_tasks[strategy.experience.current_experience]
+        categories = task.val.categories
+        for target, pred in zip(strategy.mb_y, strategy.mb_output):
+            w, h = target["size"].tolist()
+            scale = torch.tensor([w, h, w, h], dtype=pred["boxes"].dtype)
+            boxes = (pred["boxes"] * scale).tolist()
+            image_id = int(target["image_id"])
+            for (x0, y0, x1, y1), score, label in zip(boxes, pred["scores"].tolist(), pred["labels"].tolist()):
+                self._detections.append({"image_id": image_id, "category_id": categories[label]["id"],
+                                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+
+    def after_eval_exp(self, strategy):
+        task = self.eval_tasks[strategy.experience.current_experience]
+        metrics = coco_bbox_metrics(task.val.coco, self._detections)
+        self.results[task.name] = metrics
+        row = strategy.clock.train_exp_counter
+        return [MetricValue(self, f"{stat}/{task.name}", metrics[stat], row) for stat in LOGGED_STATS]
+
+    def __str__(self) -> str:
+        return "COCO"
+
+
+class RecordPlugin(SupervisedPlugin):
+    """Loss per step, wall time of the model's own work, and tqdm bars on training and evaluation."""
+
+    def __init__(self, progress: bool = True):
+        super().__init__()
+        self.progress = progress
+        self.losses: list[float] = []
+        self.model_seconds = 0.0  # forward + backward + optimizer step
+        self._bar = None
+        self._tick = 0.0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.losses = []
+        self._bar = tqdm(total=len(strategy.dataloader), desc="train", leave=False, disable=not self.progress)
+
+    def before_forward(self, strategy, **kwargs):
+        self._tick = time.perf_counter()
+
+    def after_update(self, strategy, **kwargs):
+        self.losses.append(strategy.loss.item())  # .item() syncs, so the timing below is honest on CUDA too
+        self.model_seconds += time.perf_counter() - self._tick
+        self._bar.update()
+        self._bar.set_postfix(loss=f"{self.losses[-1]:.2f}")
+
+    def after_training_exp(self, strategy, **kwargs):
+        self._bar.close()
+
+    def before_eval_exp(self, strategy, **kwargs):
+        self._bar = tqdm(total=len(strategy.dataloader), desc="eval", leave=False, disable=not self.progress)
+
+    def before_eval_forward(self, strategy, **kwargs):
+        self._tick = time.perf_counter()
+
+    def after_eval_forward(self, strategy, **kwargs):
+        self.model_seconds += time.perf_counter() - self._tick
+        self._bar.update()
+
+    def after_eval_exp(self, strategy, **kwargs):
+        self._bar.close()

@@ -1,0 +1,54 @@
+"""PNG plots of a run: the results matrix as a heatmap, and old-task retention against new-task mAP."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def matrix_heatmap(results: dict) -> bytes:
+    """Rows: zero-shot, then after each step; columns: the stream's tasks; cells: mAP."""
+    tasks = results["tasks"]
+    rows = [results["zero_shot"], *results["matrix"]]
+    labels = ["zero-shot"] + [f"after {t} ({m})" for t, m in zip(tasks, results["methods"])]
+    values = [[float("nan") if v is None else v for v in row] for row in rows]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks), 0.9 + 0.5 * len(rows)))
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=max(0.01, max(v for r in values for v in r if v == v)))
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if v == v:
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.5 * image.norm.vmax
+                        else "black", fontsize=8)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_title(f"{results['name']}: mAP (policy {results['policy']})")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return _png(fig)
+
+
+def retention_scatter(points: list[dict], title: str) -> bytes:
+    """One point per setting: x = new-task mAP, y = old-task retention."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for p in points:
+        if p["old_retention"] is None or p["new_map"] is None:
+            continue
+        ax.scatter(p["new_map"], p["old_retention"], s=40)
+        ax.annotate(p["setting"], (p["new_map"], p["old_retention"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("new-task mAP")
+    ax.set_ylabel("old-task retention (final / when learned)")
+    ax.set_title(title)
+    return _png(fig)
+

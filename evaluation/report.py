@@ -1,0 +1,109 @@
+"""report.md and plots from results.json: one run, a study of settings, or a comparison of runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluation.plots import matrix_heatmap, retention_scatter
+
+
+def _f(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
+    """One row per setting: the old tasks (all but the last) and the new (last) task, after the stream."""
+    rows = []
+    for setting, r in results_by_setting.items():
+        d = r["derived"]
+        old = r["tasks"][:-1]
+        kept = [d["retention"][t] for t in old if d["retention"][t] is not None]
+        rows.append({"setting": setting, "old_task": "+".join(old), "new_task": r["tasks"][-1],
+                     "old_map": d["old_map"], "new_map": d["new_map"],
+                     "old_retention": sum(kept) / len(kept) if kept else None, "hap": d["hap"]})
+    return rows
+
+
+def run_report(results: dict) -> str:
+    tasks, d = results["tasks"], results["derived"]
+    matrix_rows = [["zero-shot", *map(_f, results["zero_shot"])]]
+    matrix_rows += [[f"after {t} ({m})", *map(_f, row)]
+                    for t, m, row in zip(tasks, results["methods"], results["matrix"])]
+    parts = [
+        f"# Run `{results['name']}`",
+        f"Host `{results['host']}` (fingerprint {results['host_fingerprint'][:12]}), composition policy "
+        f"`{results['policy']}`, evaluated: {results['evaluate']}.",
+        "## Results matrix (COCO mAP@[.5:.95])",
+        "Row i: after training step i; column j: task j. The first row is before any training.",
+        _table(["", *tasks], matrix_rows),
+        "## Derived metrics",
+        _table(["final average", "BWT", "FWT", "old mAP", "new mAP", "hAP(old, new)"],
+               [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_map"]), _f(d["new_map"]),
+                 _f(d["hap"])]]),
+        _table(["task", "retention", "forgetting"],
+               [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
+    ]
+    if results["held_out"]:
+        parts += ["## Held-out tasks (never trained)",
+                  _table(["task", "zero-shot", "after the stream", "zero-shot retention"],
+                         [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t])]
+                          for t, v in results["held_out"].items()])]
+    parts += ["## Modules",
+              _table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
+                     [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
+                       _f(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
+                      for m in results["modules"]]),
+              "![results matrix](plots/matrix.png)"]
+    return "\n\n".join(parts) + "\n"
+
+
+def study_report(name: str, rows: list[dict]) -> str:
+    table = _table(["setting", "old task", "old mAP", "new task", "new mAP", "old retention", "hAP"],
+                   [[r["setting"], r["old_task"], _f(r["old_map"]), r["new_task"], _f(r["new_map"]),
+                     _f(r["old_retention"]), _f(r["hap"])] for r in rows])
+    links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
+    return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
+            f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
+            f"![old-task retention vs new-task mAP](plots/retention_vs_new.png)\n\n## Settings\n\n{links}\n")
+
+
+def run_outputs(results: dict) -> dict[str, bytes | str]:
+    """Files of a run folder made from its results: {relative path: content}."""
+    return {"plots/matrix.png": matrix_heatmap(results), "report.md": run_report(results)}
+
+
+def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, bytes | str]:
+    """Files of a study folder: compat.json (one row per setting), the scatter plot, report.md."""
+    rows = compat_rows(results_by_setting)
+    return {"compat.json": json.dumps(rows, indent=2) + "\n",
+            "plots/retention_vs_new.png": retention_scatter(rows, name), "report.md": study_report(name, rows)}
+
+
+def load_runs(run_dir: Path) -> dict[str, dict]:
+    """{name: results} of a run folder: itself, or each setting of a study."""
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").is_file():
+        results = json.loads((run_dir / "results.json").read_text())
+        return {results["name"]: results}
+    found = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/results.json"))}
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no results.json in it or in its setting folders")
+    return found
+
+
+def comparison(run_dirs: list[Path]) -> str:
+    rows = []
+    for run_dir in run_dirs:
+        for name, r in load_runs(run_dir).items():
+            d = r["derived"]
+            label = str(run_dir) if len(load_runs(run_dir)) == 1 else f"{run_dir}/{name}"
+            rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
+                         _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_map"]), _f(d["new_map"]),
+                         _f(d["hap"])])
+    return _table(["run", "stream", "policy", "final avg", "BWT", "FWT", "old mAP", "new mAP", "hAP"], rows)

@@ -1,0 +1,44 @@
+"""The derived metrics of a run (DESIGN section 6), from its matrix and zero-shot row.
+
+A metric whose entries were not evaluated (``evaluate: seen`` leaves R[j-1][j]
+empty, so no FWT) is None rather than an error: the rest of the summary stands.
+"""
+from __future__ import annotations
+
+from statistics import mean
+
+from evaluation.forgetting import (MetricsError, backward_transfer, final_average, forgetting, forward_transfer,
+                                   harmonic_mean, retention, zero_shot_retention)
+
+
+def _or_none(fn, *args):
+    try:
+        return fn(*args)
+    except MetricsError:
+        return None
+
+
+def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_shot: list[float],
+                    held_out: dict[str, dict] | None = None) -> dict:
+    """final_average, bwt, fwt, forgetting/retention per task, old/new/hAP, zero-shot retention of held-out tasks.
+
+    ``held_out`` maps a held-out task to {"zero_shot": Z, "final": metric after the stream}.
+    """
+    last = matrix[-1]
+    old = [last[j] for j in range(len(tasks) - 1) if last[j] is not None]
+    new = last[len(tasks) - 1]
+    per_task_forgetting = _or_none(forgetting, matrix) or [None] * len(tasks)
+    per_task_retention = _or_none(retention, matrix) or [None] * len(tasks)
+    old_map = mean(old) if old else None
+    return {
+        "final_average": _or_none(final_average, matrix),
+        "bwt": _or_none(backward_transfer, matrix),
+        "fwt": _or_none(forward_transfer, matrix, zero_shot),
+        "forgetting": dict(zip(tasks, per_task_forgetting)),
+        "retention": dict(zip(tasks, per_task_retention)),
+        "old_map": old_map,
+        "new_map": new,
+        "hap": harmonic_mean(old_map, new) if old_map is not None and new is not None else None,
+        "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"])
+                                for name, v in (held_out or {}).items()},
+    }
