@@ -22,7 +22,9 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="qpsolvers")
+    warnings.filterwarnings("ignore", module="qpsolvers.*")
+    # Avalanche's notice about its own constructors' positional arguments
+    warnings.filterwarnings("ignore", message=".*strategy constructors that accept named")
 
 
 def _progress() -> bool:
@@ -81,33 +83,74 @@ def cmd_methods(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """One module on one task: a one-step stream run by the engine."""
     from omegaconf import OmegaConf
 
-    from continual.finetune import finetune
-    from continual.hosts.grounding_dino import GroundingDinoHost
+    from continual.config import DataConfig, RunConfig, StepConfig, TaskConfig, validate
+    from continual.engine import run
     from continual.training import TrainConfig
-    from prompts import METHODS
-    from tasks.task import load_task
+    from evaluation.report import load_runs
 
-    if args.method not in METHODS:
-        raise SystemExit(f"continual train: unknown method {args.method!r}; known: {', '.join(sorted(METHODS))}")
-    host = GroundingDinoHost.from_pretrained(args.checkpoint)
-    task = load_task(args.task, seed=args.seed)
+    name = args.task.split(":", 1)[-1].rstrip("/").split("/")[-1]
     method_config = OmegaConf.to_container(OmegaConf.from_dotlist(args.set)) if args.set else {}
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr or METHODS[args.method].default_lr,
-                      seed=args.seed)
-    result = finetune(host, task, args.method, method_config, cfg, [Path(p) for p in args.on_top],
-                      Path(args.out) if args.out else None, progress=_progress())
-    summary = {"method": args.method, "task": args.task, "steps": cfg.steps, "lr": cfg.lr,
-               "train_seconds": round(result.seconds, 1), "before": result.before, "after": result.after,
-               "final_loss": result.losses[-1], "module": str(result.module_dir) if result.module_dir else None}
+    cfg = RunConfig(name=f"train-{args.method}-{name}", host=args.checkpoint, data=DataConfig(seed=args.seed),
+                    train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+                    start_from=list(args.on_top), tasks={name: TaskConfig(data=args.task)},
+                    stream=[StepConfig(task=name, method=args.method, config=method_config)])
+    cfg.run_dir = args.out or f"runs/{cfg.name}"
+    validate(cfg, "continual train")
+    run_dir = run(cfg, overwrite=True, progress=_progress())
+    results = next(iter(load_runs(run_dir).values()))
+    timing = json.loads((run_dir / "timing.json").read_text())
+    module = results["modules"][0]
+    summary = {"method": args.method, "task": args.task, "steps": args.steps, "lr": module["train"]["lr"],
+               "train_seconds": round(timing["steps"][0]["train_seconds"], 1),
+               "before": results["coco"]["zero_shot"][name], "after": results["coco"]["rows"][0][name],
+               "final_loss": module["final_loss"], "module": str(run_dir / module["folder"]), "run_dir": str(run_dir)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{args.method} on {args.task}: {cfg.steps} steps in {result.seconds:.0f} s, lr {cfg.lr:g}")
-        print(_format_metrics({"before": result.before, "after": result.after}))
-        if result.module_dir:
-            print(f"module saved to {result.module_dir}")
+        print(f"{args.method} on {args.task}: {args.steps} steps in {summary['train_seconds']:.0f} s, "
+              f"lr {summary['lr']:g}")
+        print(_format_metrics({"before": summary["before"], "after": summary["after"]}))
+        print(f"module saved to {summary['module']}")
+    return 0
+
+
+def _print_run(run_dir: Path) -> None:
+    from evaluation.report import compat_rows, load_runs, run_report, study_report
+
+    runs = load_runs(run_dir)
+    if (run_dir / "results.json").is_file():
+        report = run_report(next(iter(runs.values())))
+        print(report.split("\n## Modules")[0].strip())
+    else:
+        print(study_report(run_dir.name, compat_rows(runs)).split("\n![")[0].strip())
+    print(f"\nreport: {run_dir / 'report.md'}")
+
+
+def cmd_run(args) -> int:
+    from continual.config import load_config
+    from continual.engine import run
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = run(cfg, resume=args.resume, overwrite=args.overwrite, progress=_progress())
+    _print_run(run_dir)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from continual.engine import rebuild_reports
+
+    rebuild_reports(Path(args.run_dir))
+    _print_run(Path(args.run_dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from evaluation.report import comparison
+
+    print(comparison([Path(p) for p in args.run_dirs]))
     return 0
 
 
@@ -161,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--json", action="store_true", help="print a JSON list")
     me.set_defaults(func=cmd_methods)
 
-    tr = sub.add_parser("train", help="train one PEFT module on one task (on top of earlier modules)")
+    tr = sub.add_parser("train", help="train one PEFT module on one task (on top of earlier modules)",
+                        description="A one-step stream: evaluate the task, train the module, evaluate again; the "
+                                    "run folder (--out) holds the module under modules/ and the usual outputs.")
     tr.add_argument("--method", required=True, help="sdpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
     tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
     tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
@@ -173,9 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=None, help="default: the method's own")
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", help="save the module to this folder")
+    tr.add_argument("--out", help="run folder (default runs/train-METHOD-TASK)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_train)
+
+    ru = sub.add_parser("run", help="run a stream (or a study of streams) from a YAML config",
+                        description="Run every step of the config's stream: train each task's new module on top of "
+                                    "the stack, evaluate, write results.json, report.md, plots and TensorBoard "
+                                    "events to the run folder.")
+    ru.add_argument("config", help="YAML config, e.g. configs/compat.yaml")
+    ru.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="omegaconf dotlist overrides, e.g. run_dir=runs/x train.steps=50 policy=own")
+    ru.add_argument("--resume", action="store_true", help="continue the run already in the run folder")
+    ru.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
+    ru.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="rebuild report.md and the plots of a run folder from its results.json")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=cmd_report)
+
+    co = sub.add_parser("compare", help="one table of derived metrics across run folders")
+    co.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    co.set_defaults(func=cmd_compare)
 
     pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
     pt.add_argument("--out", required=True, help="folder for the checkpoint")
@@ -202,17 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from continual.finetune import IntegrityError
+    _quiet_libraries()  # before the imports below: Avalanche warns while importing
+    from continual.atomic import OutputError
+    from continual.config import ConfigError
+    from continual.engine import RunError
     from continual.hosts.grounding_dino import HostError
+    from continual.plugins import IntegrityError
+    from evaluation.forgetting import MetricsError
     from prompts import MethodError
     from tasks.errors import DataError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    _quiet_libraries()
     try:
         return args.func(args)
-    except (DataError, HostError, MethodError, IntegrityError) as err:
+    except (ConfigError, DataError, HostError, MethodError, IntegrityError, RunError, OutputError, MetricsError,
+            FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

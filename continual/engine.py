@@ -125,8 +125,8 @@ class StreamRun:
             stacking = StackingPlugin(stack, self.plans, self.eval_tasks, self.ws.cfg.policy)
             tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
             evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
-            strategy = StreamStrategy(HostDetector(host), self.ws.device, [stacking, record], evaluator,
-                                      eval_mb_size=self.ws.cfg.eval_batch_size)
+            strategy = StreamStrategy(model=HostDetector(host), device=self.ws.device, plugins=[stacking, record],
+                                      evaluator=evaluator, eval_mb_size=self.ws.cfg.eval_batch_size)
             benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
                                         host.to_pixels)
             try:

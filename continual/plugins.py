@@ -51,6 +51,7 @@ class StackingPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         plan = self.plans[strategy.experience.current_experience]
+        torch.manual_seed(plan.train.seed)  # the module's initialisation
         self.module = self.stack.push(build_module(plan.method, plan.config, task=plan.task.name))
         self._frozen = self.stack.frozen_hashes(except_module=self.module) if self.module.stackable else None
         params = self.stack.train_only(self.module)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from continual.detect import evaluate_task
 from continual.hosts.grounding_dino import GroundingDinoHost
-from continual.training import TrainConfig, train
+from continual.strategy import fit
+from continual.training import TrainConfig
 from tasks.task import list_tasks, load_task
 from tasks.worlds import WorldSizes
 
@@ -47,8 +48,7 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
         log.info("step %d loss %.3f base mAP %.3f AP50 %.3f", step, loss, metrics["mAP"], metrics["AP50"])
 
     params = [p for p in host.parameters() if p.requires_grad]
-    train(host, params, base.train, base.phrases, cfg.train, progress, every=cfg.eval_every, callback=evaluate,
-          desc="pretrain")
+    fit(host, params, base.train, base.phrases, cfg.train, progress, every=cfg.eval_every, callback=evaluate)
     record = {"config": asdict(cfg), "minutes": (time.time() - start) / 60, "history": history,
               "base_val": evaluate_task(host, base.val, base.phrases, progress=False), "zero_shot": {}}
     for spec in list_tasks():

@@ -11,12 +11,15 @@ parts are replaced, each for a reason:
   so a killed run resumes mid-task on the same batches.
 - ``optimizer_step``: warm-up + cosine learning rate and gradient clipping,
   the schedule of ``continual.training``.
+- ``forward``: bf16 autocast on CUDA (fp16 with a scaler is Avalanche's).
 """
 from __future__ import annotations
 
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils.detection_dataset import make_detection_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised.naive_object_detection import ObjectDetectionTemplate, detection_collate_fn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -104,12 +107,12 @@ class StepSampler(Sampler[int]):
 class StreamStrategy(ObjectDetectionTemplate):
     """ObjectDetectionTemplate with a step budget per experience (see the module docstring)."""
 
-    def __init__(self, model: HostDetector, device, plugins, evaluator, eval_mb_size: int = 16):
+    def __init__(self, *, model: HostDetector, device, plugins, evaluator, eval_mb_size: int = 16):
         # Avalanche wants an optimizer now; the stacking plugin sets the real one
         # once the experience's module exists.
         placeholder = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
-        super().__init__(model, placeholder, train_mb_size=1, train_epochs=1, eval_mb_size=eval_mb_size,
-                         device=device, plugins=plugins, evaluator=evaluator)
+        super().__init__(model=model, optimizer=placeholder, train_mb_size=1, train_epochs=1,
+                         eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator)
         self.train_config: TrainConfig | None = None  # set by the engine before each train() call
         self.start_step = 0  # > 0 when resuming inside an experience
         self.step = 0
@@ -127,6 +130,14 @@ class StreamStrategy(ObjectDetectionTemplate):
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=cfg.batch_size, sampler=sampler,
                                      collate_fn=detection_collate_fn, num_workers=num_workers)
 
+    def forward(self):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            if self.is_training:
+                self.detection_loss_dict = self.model(self.mb_x, self.mb_y)
+                return self.detection_loss_dict
+            return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
+                    for out in self.model(self.mb_x)]
+
     def optimizer_step(self, **kwargs):
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.train_config)
@@ -134,3 +145,40 @@ class StreamStrategy(ObjectDetectionTemplate):
         torch.nn.utils.clip_grad_norm_(params, self.train_config.clip)
         super().optimizer_step(**kwargs)
         self.step += 1
+
+
+class _Every(SupervisedPlugin):
+    """Calls ``callback(step, loss)`` after every ``every``-th step and after the last."""
+
+    def __init__(self, every: int, callback):
+        super().__init__()
+        self.every, self.callback = every, callback
+
+    def after_training_iteration(self, strategy, **kwargs):
+        step = strategy.step
+        if (self.every and step % self.every == 0) or step == strategy.train_config.steps:
+            self.callback(step, strategy.loss.item())
+            strategy.model.train()
+
+
+def fit(host, params: list[nn.Parameter], data: CocoDetection, phrases: list[str], cfg: TrainConfig,
+        progress: bool = True, every: int = 0, callback=None) -> list[float]:
+    """Train ``params`` of ``host`` on one dataset with the engine's strategy; returns the loss per step.
+
+    For training outside a stream (pretraining the host itself).
+    """
+    from continual.plugins import RecordPlugin
+
+    record = RecordPlugin(progress)
+    plugins = [record] + ([_Every(every, callback)] if callback else [])
+    device = next(host.parameters()).device
+    strategy = StreamStrategy(model=HostDetector(host), device=device, plugins=plugins,
+                              evaluator=EvaluationPlugin(loggers=[]))
+    torch.manual_seed(cfg.seed)
+    strategy.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    strategy.model.phrases = list(phrases)
+    strategy.train_config = cfg
+    strategy.train(benchmark_from_datasets(train=[detection_dataset(data, host.to_pixels, 0)]).train_stream[0],
+                   eval_streams=[])
+    host.eval()
+    return record.losses
