@@ -115,8 +115,8 @@ def _check_keys(value: Any, schema: Any, path: str, where: str) -> None:
     elif origin is dict and isinstance(value, dict):
         for key, item in value.items():
             _check_keys(item, args[1], f"{path}{key}.", where)
-    elif origin is list and isinstance(value, list):
-        for i, item in enumerate(value):
+    elif origin is list and isinstance(value, (list, dict)):  # a dict: list entries by index (command line)
+        for i, item in (enumerate(value) if isinstance(value, list) else value.items()):
             _check_keys(item, args[0], f"{path}{i}.", where)
 
 
@@ -133,18 +133,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: a config is a mapping of keys, got {type(raw).__name__}")
     _check_keys(OmegaConf.to_container(raw), RunConfig, "", str(path))
     try:
-        cli = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"command line: bad override ({str(err).splitlines()[0]}); use key=value") from err
-    _check_keys(OmegaConf.to_container(cli), RunConfig, "", "command line")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw, cli)
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw)
+        for item in overrides:  # one by one: update() also reaches list entries (stream.1.method=...)
+            key, _, value = _split_override(item)
+            OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
         cfg: RunConfig = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, IndexError) as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"{path}: bad value for {key!r}: {str(err).splitlines()[0]}") from err
     validate(cfg, str(path))
     return cfg
+
+
+def _split_override(item: str) -> tuple[str, str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"command line: {item!r} is not key=value (e.g. train.steps=50)")
+    try:
+        _check_keys(OmegaConf.to_container(OmegaConf.from_dotlist([item])), RunConfig, "", "command line")
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"command line: bad override {item!r} ({str(err).splitlines()[0]})") from err
+    return key, sep, value
 
 
 def to_yaml(cfg: RunConfig) -> str:

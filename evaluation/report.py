@@ -94,7 +94,10 @@ def load_runs(run_dir: Path) -> dict[str, dict]:
     found = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/results.json"))}
     if not found:
         raise FileNotFoundError(f"{run_dir}: no results.json in it or in its setting folders")
-    return found
+    # the study's own order (compat.json), not the folders' alphabetical one
+    order = [row["setting"] for row in json.loads((run_dir / "compat.json").read_text())] \
+        if (run_dir / "compat.json").is_file() else []
+    return {name: found[name] for name in order if name in found} | found
 
 
 def comparison(run_dirs: list[Path]) -> str:

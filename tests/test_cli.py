@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
+SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
 
 def _run(*args, timeout=600):
@@ -55,3 +56,46 @@ def test_pretrain_command_writes_a_loadable_checkpoint(tmp_path):
                                         "synthetic:signs", "synthetic:space"}
     again = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_run_smoke_config_then_report_and_compare(tmp_path):
+    run_dir = tmp_path / "smoke"
+    out = _run("run", SMOKE, f"run_dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(results["matrix"]) == 2 and "derived" in results
+    assert "report:" in out.stdout and "| zero-shot |" in out.stdout
+    (run_dir / "report.md").unlink()
+    assert _run("report", str(run_dir)).returncode == 0 and (run_dir / "report.md").is_file()
+    compare = _run("compare", str(run_dir), str(run_dir))
+    assert compare.returncode == 0 and compare.stdout.count("smoke") >= 2
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trian.steps=3", "unknown config key 'trian'; did you mean 'train'"),
+    ("train.stpes=3", "unknown config key 'train.stpes'; did you mean 'steps'"),
+    ("policy=sometimes", "policy must be one of"),
+])
+def test_run_refuses_bad_keys_before_loading_anything(tmp_path, override, expected):
+    out = _run("run", SMOKE, f"run_dir={tmp_path / 'x'}", override)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and expected in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "report", "compare", "train", "eval", "methods"])
+def test_help(command):
+    out = _run(command, "--help")
+    assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_train_one_module_on_top_of_another(tmp_path):
+    first = _run("train", "--method", "bitfit", "--task", "synthetic:base", "--steps", "2", "--out",
+                 str(tmp_path / "first"), "--json")
+    assert first.returncode == 0, first.stderr[-2000:]
+    module = json.loads(first.stdout)["module"]
+    second = _run("train", "--method", "sdpt", "--task", "synthetic:aquarium", "--steps", "2", "--on-top", module,
+                  "--out", str(tmp_path / "second"), "--json")
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads(second.stdout)
+    assert {"before", "after", "train_seconds", "final_loss", "module"} <= set(summary)
+    assert (Path(summary["module"]) / "meta.json").is_file()

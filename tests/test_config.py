@@ -1,0 +1,75 @@
+"""Experiment configs: a good one loads; each kind of bad one is refused, naming the key and what was expected."""
+from pathlib import Path
+
+import pytest
+
+from continual.config import ConfigError, load_config, step_train_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+GOOD = """
+name: t
+tasks:
+  base: {data: "synthetic:base"}
+  aquarium: {data: "synthetic:aquarium"}
+stream:
+  - {task: base, method: adapter}
+  - {task: aquarium, method: sdpt, config: {k: 4}, train: {steps: 7}}
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "compat.yaml", "stream6.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert all(steps for steps in cfg.streams().values())
+
+
+def test_good_config_with_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["run_dir=/tmp/x", "train.lr=0.5", "policy=own"])
+    assert cfg.run_dir == "/tmp/x" and cfg.train.lr == 0.5 and cfg.policy == "own"
+    assert step_train_config(cfg, cfg.stream[1]).steps == 7 and step_train_config(cfg, cfg.stream[0]).steps == 300
+    assert load_config(write(tmp_path, GOOD)).run_dir == "runs/t"  # interpolated from the name
+
+
+BAD = {
+    "unknown top-level key": (GOOD + "polcy: all\n", [], "unknown config key 'polcy'; did you mean 'policy'"),
+    "unknown nested key": (GOOD + "train: {stpes: 3}\n", [], "'train.stpes'; did you mean 'steps'"),
+    "unknown step key": (GOOD.replace("method: adapter}", "methd: adapter}"), [], "'stream.0.methd'"),
+    "unknown key on the command line": (GOOD, ["trian.steps=3"], "command line: unknown config key 'trian'"),
+    "wrong type": (GOOD + "train: {steps: many}\n", [], "train.steps"),
+    "out of range": (GOOD + "train: {batch_size: 0}\n", [], "train.batch_size must be > 0"),
+    "negative lr in a step": (GOOD.replace("steps: 7", "lr: -1"), [], "stream.1.train.lr must be > 0"),
+    "unknown policy": (GOOD + "policy: some\n", [], "policy must be one of"),
+    "unknown method": (GOOD.replace("method: sdpt", "method: sdtp"), [], "unknown method 'sdtp'; did you mean 'sdpt'"),
+    "bad method config": (GOOD.replace("k: 4", "kk: 4"), [], "stream.1.config: sdpt: unknown config key"),
+    "unknown task": (GOOD.replace("{task: base", "{task: bsae"), [], "unknown task 'bsae'; did you mean 'base'"),
+    "unknown world": (GOOD.replace("synthetic:aquarium", "synthetic:aquarum"), [], "unknown world 'aquarum'"),
+    "missing data folder": (GOOD.replace("synthetic:aquarium", "/no/such/folder"), [], "neither synthetic:WORLD"),
+    "duplicate task": (GOOD.replace("{task: aquarium", "{task: base"), [], "task 'base' appears twice"),
+    "empty stream": (GOOD.split("stream:")[0] + "stream: []\n", [], "stream is empty"),
+    "stream and settings": (GOOD + "settings: {a: [{task: base, method: sdpt}]}\n", [], "not both"),
+    "missing start module": (GOOD + "start_from: [/no/module]\n", [], "start_from: module folder '/no/module'"),
+    "held-out also trained": (GOOD + "held_out: [base]\n", [], "held_out: task 'base' is also trained"),
+    "not a mapping": ("- a\n- b\n", [], "a config is a mapping"),
+    "invalid yaml": ("a: [1, 2\n", [], "not valid YAML"),
+    "bad override syntax": (GOOD, ["novalue"], "command line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_is_refused_with_a_clear_message(tmp_path, case):
+    text, overrides, expected = BAD[case]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert expected in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

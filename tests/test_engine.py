@@ -1,0 +1,110 @@
+"""The stream engine on a 2-task miniature stream (tiny data, a few steps: seconds per run)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from continual import engine
+from continual.config import load_config
+from continual.plugins import IntegrityError
+from continual.strategy import StepSampler, StreamStrategy
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def cached_worlds(monkeypatch, world_cache):
+    monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
+
+
+def run_smoke(tmp_path, *overrides, name="run"):
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / name}", *overrides])
+    run_dir = engine.run(cfg, progress=False)
+    return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def test_miniature_stream_writes_every_output(tmp_path):
+    run_dir, results = run_smoke(tmp_path)
+    assert results["tasks"] == ["base", "aquarium"]
+    assert len(results["zero_shot"]) == 2
+    assert [len(row) for row in results["matrix"]] == [2, 2]
+    assert all(isinstance(v, float) for row in results["matrix"] for v in row)
+    assert {"final_average", "bwt", "fwt", "forgetting", "retention"} <= set(results["derived"])
+    assert [(m["task"], m["method"]) for m in results["modules"]] == [("base", "adapter"), ("aquarium", "sdpt")]
+    assert results["modules"][1]["trainable_params"] == 10 * 128 * 2
+    for name in ("config.yaml", "report.md", "plots/matrix.png", "run.log", "timing.json", "state.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    for module in results["modules"]:
+        assert (run_dir / module["folder"] / "meta.json").is_file()
+    report = (run_dir / "report.md").read_text()
+    assert "| zero-shot |" in report and "after aquarium (sdpt)" in report
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    a = run_smoke(tmp_path, name="a")[0] / "results.json"
+    b = run_smoke(tmp_path, name="b")[0] / "results.json"
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_own_policy_keeps_old_task_metrics_exactly(tmp_path):
+    _, results = run_smoke(tmp_path, "policy=own")
+    coco = results["coco"]["rows"]
+    assert coco[0]["base"] == coco[1]["base"]  # every COCO statistic, bit for bit
+    assert results["derived"]["forgetting"]["base"] == 0.0
+
+
+def test_all_policy_lets_the_later_module_act_on_the_old_task(tmp_path):
+    _, results = run_smoke(tmp_path, "policy=all", "stream.1.method=adapter", "train.steps=6", "train.lr=0.05")
+    coco = results["coco"]["rows"]
+    assert coco[0]["base"] != coco[1]["base"]
+
+
+def test_hash_check_fires_when_a_frozen_parameter_moves(tmp_path, monkeypatch):
+    step = StreamStrategy.optimizer_step
+
+    def step_and_tamper(self, **kwargs):
+        step(self, **kwargs)
+        with torch.no_grad():
+            next(self.model.host.model.parameters()).add_(1e-3)
+
+    monkeypatch.setattr(StreamStrategy, "optimizer_step", step_and_tamper)
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(IntegrityError, match="host"):
+        engine.run(cfg, progress=False)
+    assert not (tmp_path / "run" / "modules" / "00-base-adapter").exists()
+
+
+def test_study_trains_a_shared_first_step_once(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(SMOKE.read_text().split("stream:")[0] + """
+settings:
+  a+none: [{task: base, method: adapter}, {task: aquarium, method: none}]
+  a+sdpt: [{task: base, method: adapter}, {task: aquarium, method: sdpt}]
+""")
+    run_dir = engine.run(load_config(study, [f"run_dir={tmp_path / 'study'}"]), progress=False)
+    first = json.loads((run_dir / "a+none" / "results.json").read_text())
+    second = json.loads((run_dir / "a+sdpt" / "results.json").read_text())
+    assert second["modules"][0]["reused_from"] == "a+none"
+    assert second["matrix"][0] == first["matrix"][0]
+    assert first["matrix"][1][0] == first["matrix"][0][0]  # the zero-shot step trains nothing
+    rows = json.loads((run_dir / "compat.json").read_text())
+    assert [r["setting"] for r in rows] == ["a+none", "a+sdpt"]
+    assert {"setting", "old_task", "new_task", "old_map", "new_map"} <= set(rows[0])
+    assert rows[1]["new_map"] == second["matrix"][1][1]
+    assert (run_dir / "plots" / "retention_vs_new.png").is_file() and (run_dir / "report.md").is_file()
+
+
+def test_a_run_folder_of_another_config_is_refused(tmp_path):
+    run_smoke(tmp_path)
+    with pytest.raises(engine.RunError, match="already holds a run"):
+        run_smoke(tmp_path)
+    with pytest.raises(engine.RunError, match="another config"):
+        engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'run'}", "train.steps=3"]), resume=True)
+
+
+def test_step_sampler_restarts_mid_stream_on_the_same_batches():
+    full = list(StepSampler(size=5, batch_size=3, steps=6, seed=1))
+    assert len(full) == 18 and sorted(full[:5]) == list(range(5))  # whole permutations back to back
+    assert list(StepSampler(size=5, batch_size=3, steps=6, seed=1, start=4)) == full[12:]

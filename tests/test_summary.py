@@ -1,0 +1,28 @@
+"""Derived metrics of a run: the hand-computed matrix of test_forgetting, and partial matrices."""
+import pytest
+
+from evaluation.summary import derived_metrics
+
+R = [[0.50, 0.10, 0.05],
+     [0.40, 0.60, 0.10],
+     [0.30, 0.65, 0.70]]
+Z = [0.20, 0.05, 0.02]
+TASKS = ["a", "b", "c"]
+
+
+def test_full_matrix():
+    d = derived_metrics(TASKS, R, Z, {"held": {"zero_shot": 0.4, "final": 0.3}})
+    assert d["final_average"] == pytest.approx(0.55)
+    assert d["bwt"] == pytest.approx(-0.075) and d["fwt"] == pytest.approx(0.065)
+    assert d["forgetting"] == pytest.approx({"a": 0.20, "b": -0.05, "c": None})
+    assert d["retention"]["a"] == pytest.approx(0.6)
+    assert d["old_map"] == pytest.approx(0.475) and d["new_map"] == 0.70
+    assert d["hap"] == pytest.approx(2 * 0.475 * 0.70 / (0.475 + 0.70))
+    assert d["zero_shot_retention"] == pytest.approx({"held": 0.75})
+
+
+def test_seen_only_matrix_leaves_fwt_empty_but_keeps_the_rest():
+    seen = [[0.5, None, None], [0.4, 0.6, None], [0.3, 0.65, 0.7]]
+    d = derived_metrics(TASKS, seen, Z)
+    assert d["fwt"] is None
+    assert d["bwt"] == pytest.approx(-0.075) and d["final_average"] == pytest.approx(0.55)
