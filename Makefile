@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/continual demo
+	$(BIN)/continual run configs/compat.yaml --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

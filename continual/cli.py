@@ -17,14 +17,14 @@ DEFAULT_CHECKPOINT = "builtin:tiny-base"
 
 def _quiet_libraries() -> None:
     """Keep library chatter (load reports, weight-loading bars, eval tables) off the terminal."""
+    warnings.filterwarnings("ignore", message="no QP solver found")  # qpsolvers, imported by Avalanche
+    # Avalanche's notice about its own constructors' positional arguments
+    warnings.filterwarnings("ignore", message=".*strategy constructors that accept named")
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="qpsolvers.*")
-    # Avalanche's notice about its own constructors' positional arguments
-    warnings.filterwarnings("ignore", message=".*strategy constructors that accept named")
 
 
 def _progress() -> bool:
@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()  # before the imports below: Avalanche warns while importing
+def _user_error(err: Exception) -> bool:
+    """Errors that bad input causes (shown as one line), as opposed to bugs (shown with a traceback)."""
     from continual.atomic import OutputError
     from continual.config import ConfigError
     from continual.engine import RunError
@@ -276,12 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     from prompts import MethodError
     from tasks.errors import DataError
 
-    args = build_parser().parse_args(argv)
+    return isinstance(err, (ConfigError, DataError, HostError, MethodError, IntegrityError, RunError, OutputError,
+                            MetricsError, FileNotFoundError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # first: --help answers without loading torch
+    _quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, DataError, HostError, MethodError, IntegrityError, RunError, OutputError, MetricsError,
-            FileNotFoundError) as err:
+    except Exception as err:
+        if not _user_error(err):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
 
