@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from continual.faults import crash_point
+
 
 class OutputError(OSError):
     """An output that cannot be written (unwritable folder, full disk)."""
@@ -21,6 +23,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            crash_point(f"write:{path.name}")
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -29,18 +29,19 @@ from avalanche.training.plugins import EvaluationPlugin
 from continual import atomic
 from continual.config import NO_MODULE, RunConfig, StepConfig, step_train_config, to_yaml
 from continual.hosts.grounding_dino import GroundingDinoHost
-from continual.plugins import CocoMetric, RecordPlugin, StackingPlugin, TrainingPlan
+from continual.plugins import CheckpointPlugin, CocoMetric, RecordPlugin, StackingPlugin, TrainingPlan
 from continual.strategy import HostDetector, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
 from evaluation.summary import derived_metrics
 from prompts import METHODS, Stack, load_module, parameter_counts, save_module
+from tasks.errors import DataError
 from tasks.task import DetectionTask, load_task
 from tasks.worlds import WorldSizes
 
 log = logging.getLogger(__name__)
 
-STATE, RESULTS, TIMING, CONFIG = "state.json", "results.json", "timing.json", "config.yaml"
+STATE, RESULTS, TIMING, CONFIG, CHECKPOINT = "state.json", "results.json", "timing.json", "config.yaml", "checkpoint.pt"
 
 
 class RunError(RuntimeError):
@@ -74,6 +75,11 @@ class Workspace:
         used = {s.task for steps in cfg.streams().values() for s in steps} | set(cfg.held_out)
         tasks = {name: load_task(cfg.tasks[name].data, name=name, phrase_overrides=cfg.tasks[name].phrases,
                                  seed=cfg.data.seed, sizes=sizes) for name in sorted(used)}
+        for name, task in tasks.items():  # phrases the text encoder cannot take fail now, not mid-stream
+            try:
+                host.prompts(task.phrases)
+            except DataError as err:
+                raise DataError(f"task {name!r} ({cfg.tasks[name].data}): {err}") from err
         return cls(cfg, host, tasks, device, progress)
 
     def key(self, *parts) -> str:
@@ -125,7 +131,10 @@ class StreamRun:
             stacking = StackingPlugin(stack, self.plans, self.eval_tasks, self.ws.cfg.policy)
             tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
             evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
-            strategy = StreamStrategy(model=HostDetector(host), device=self.ws.device, plugins=[stacking, record],
+            self.checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, self.ws.cfg.checkpoint_every, stacking,
+                                                record)
+            strategy = StreamStrategy(model=HostDetector(host), device=self.ws.device,
+                                      plugins=[stacking, record, self.checkpoints],
                                       evaluator=evaluator, eval_mb_size=self.ws.cfg.eval_batch_size)
             benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
                                         host.to_pixels)
@@ -165,6 +174,7 @@ class StreamRun:
             "steps": [{"task": s["task"], "method": s["method"], "train_seconds": s.get("train_seconds")}
                       for s in state["steps"]]})
         atomic.write_files(self.run_dir, run_outputs(results))
+        (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # the modules folder holds every finished module
         return results
 
     def _step(self, index, step, stack, strategy, benchmark, metric, stacking, record) -> dict:
@@ -185,6 +195,11 @@ class StreamRun:
             log.info("[%s] step %d: training %s on %s (%d steps, lr %g)", self.name, index, plan.method,
                      plan.task.name, plan.train.steps, plan.train.lr)
             strategy.train_config, strategy.start_step = plan.train, 0
+            resumed = self.checkpoints.load(index)
+            if resumed is not None:
+                log.info("[%s] step %d: resuming at training step %d", self.name, index, resumed["step"])
+                stacking.resume_state, record.resume_losses = resumed, resumed["losses"]
+                strategy.start_step = resumed["step"]
             strategy.train(benchmark.train_stream[index], eval_streams=[])
             module = stacking.module
             folder = Path("modules") / f"{index:02d}-{step.task}-{step.method}"
@@ -265,6 +280,11 @@ def _copy_folder(source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
+def _without_run_dir(config_text: str) -> str:
+    """A config's identity for --resume: a run folder may have been moved or copied."""
+    return "\n".join(line for line in config_text.splitlines() if not line.startswith("run_dir:"))
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run unless asked; record the resolved config."""
     config_text = to_yaml(cfg)
@@ -273,7 +293,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
         if not resume:
             raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
                            "start it again")
-        if existing.read_text() != config_text:
+        if _without_run_dir(existing.read_text()) != _without_run_dir(config_text):
             raise RunError(f"{run_dir} holds a run of another config ({existing}); --resume needs the same config, "
                            "--overwrite starts over")
     elif resume and not existing.is_file():

@@ -1,8 +1,10 @@
 """Avalanche plugins of the engine: module stacking, COCO metrics, progress and the loss record."""
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -10,6 +12,8 @@ from avalanche.evaluation.metric_definitions import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from tqdm.auto import tqdm
 
+from continual import atomic
+from continual.faults import crash_point
 from continual.training import TrainConfig
 from evaluation.coco_eval import coco_bbox_metrics
 from prompts import Stack, build_module
@@ -20,6 +24,10 @@ LOGGED_STATS = ("mAP", "AP50", "AP75", "AR100")
 
 class IntegrityError(RuntimeError):
     """A frozen tensor (host or earlier module) changed while a new module trained."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the update."""
 
 
 @dataclass
@@ -47,7 +55,8 @@ class StackingPlugin(SupervisedPlugin):
         self.stack, self.plans, self.eval_tasks, self.policy = stack, plans, eval_tasks, policy
         self.module = None
         self._frozen: dict | None = None
-        self.resume_state: dict | None = None  # {module, optimizer} tensors of a mid-experience checkpoint
+        self.resume_state: dict | None = None  # {module, optimizer, rng} of a mid-experience checkpoint
+        self._resume_rng: torch.Tensor | None = None
 
     def before_training_exp(self, strategy, **kwargs):
         plan = self.plans[strategy.experience.current_experience]
@@ -60,11 +69,28 @@ class StackingPlugin(SupervisedPlugin):
         if self.resume_state is not None:
             self.module.load_module_state(self.resume_state["module"])
             strategy.optimizer.load_state_dict(self.resume_state["optimizer"])
+            self._resume_rng = self.resume_state["rng"]
             self.resume_state = None
         strategy.model.phrases = plan.task.phrases
 
+    def before_training_iteration(self, strategy, **kwargs):
+        # Restored here, not earlier: creating the data loader's iterator draws from
+        # the RNG, and the forward does too (Swin's stochastic depth).
+        if self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng)
+            self._resume_rng = None
+
+    def before_update(self, strategy, **kwargs):
+        if not torch.isfinite(strategy.loss).all():
+            plan = self.plans[strategy.experience.current_experience]
+            raise NonFiniteLossError(
+                f"task {plan.task.name!r}: the {plan.method} training loss is {strategy.loss.item()} at step "
+                f"{strategy.step + 1} of {plan.train.steps}; stopped before the update. The run folder keeps its last "
+                "good checkpoint; lower train.lr (or check the task's data) and start the run again")
+
     def after_training_exp(self, strategy, **kwargs):
         self.module.requires_grad_(False)
+        self._resume_rng = None  # a resume at the very end of an experience runs no iteration
         if self._frozen is None:
             return
         now = self.stack.frozen_hashes(except_module=self.module)
@@ -128,6 +154,44 @@ class CocoMetric(PluginMetric[dict]):
         return "COCO"
 
 
+class CheckpointPlugin(SupervisedPlugin):
+    """Mid-experience checkpoints: every ``every`` steps and at the end of each training experience.
+
+    One file, written atomically: the new module's tensors, its optimizer, the
+    step, the RNG state and the losses so far; with the seeded data order
+    (StepSampler) that is all a resumed run needs to continue bit for bit.
+    Read back with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, never arbitrary pickled objects.
+    """
+
+    def __init__(self, path, every: int, stacking: "StackingPlugin", record: "RecordPlugin"):
+        super().__init__()
+        self.path, self.every, self.stacking, self.record = Path(path), every, stacking, record
+
+    def after_training_iteration(self, strategy, **kwargs):
+        if self.every and strategy.step % self.every == 0 and strategy.step < strategy.train_config.steps:
+            self.save(strategy)
+        crash_point("train-step")
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.save(strategy)
+
+    def save(self, strategy) -> None:
+        buffer = io.BytesIO()
+        torch.save({"index": strategy.experience.current_experience, "step": strategy.step,
+                    "module": {k: v.detach().cpu().clone() for k, v in self.stacking.module.module_state().items()},
+                    "optimizer": strategy.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                    "losses": list(self.record.losses)}, buffer)
+        atomic.write_bytes(self.path, buffer.getvalue())
+
+    def load(self, index: int) -> dict | None:
+        """The checkpoint of experience ``index``, if the file holds one."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, weights_only=True)
+        return state if state["index"] == index else None
+
+
 class RecordPlugin(SupervisedPlugin):
     """Loss per step, wall time of the model's own work, and tqdm bars on training and evaluation."""
 
@@ -135,12 +199,13 @@ class RecordPlugin(SupervisedPlugin):
         super().__init__()
         self.progress = progress
         self.losses: list[float] = []
+        self.resume_losses: list[float] | None = None  # the losses before a mid-experience checkpoint
         self.model_seconds = 0.0  # forward + backward + optimizer step
         self._bar = None
         self._tick = 0.0
 
     def before_training_exp(self, strategy, **kwargs):
-        self.losses = []
+        self.losses, self.resume_losses = list(self.resume_losses or []), None
         self._bar = tqdm(total=len(strategy.dataloader), desc="train", leave=False, disable=not self.progress)
 
     def before_forward(self, strategy, **kwargs):
@@ -164,6 +229,7 @@ class RecordPlugin(SupervisedPlugin):
     def after_eval_forward(self, strategy, **kwargs):
         self.model_seconds += time.perf_counter() - self._tick
         self._bar.update()
+        crash_point("eval-batch")
 
     def after_eval_exp(self, strategy, **kwargs):
         self._bar.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from continual.faults import crash_point
 from prompts.base import METHODS, MethodError, PeftModule, build_module
 
 CONFIG, WEIGHTS, META = "adapter_config.json", "adapter_model.safetensors", "meta.json"
@@ -59,6 +60,7 @@ def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
         record = {"task": module.task, "method": module.method, "host_fingerprint": module.built_for,
                   "sha256": file_sha256(tmp / WEIGHTS), **meta}
         (tmp / META).write_text(json.dumps(record, indent=2))
+        crash_point("write:module")
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)

@@ -46,6 +46,11 @@ def read_coco_json(path: Path) -> dict:
         dupes = [i for i, c in counts.items() if c > 1]
         if dupes:
             raise DataError(f"{path}: duplicate {section} id(s) {dupes[:5]}")
+    for n, image in enumerate(coco["images"]):
+        size = image["width"], image["height"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise DataError(f"{path}: images[{n}] ({image['file_name']!r}) has size {size[0]}x{size[1]}; "
+                            "width and height must be positive integers")
     images = {im["id"]: im for im in coco["images"]}
     category_ids = {c["id"] for c in coco["categories"]}
     for ann in coco["annotations"]:

@@ -1,0 +1,132 @@
+"""Reliability: a killed run resumes to the same results; guards stop a run with a clear error."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from continual import atomic, engine
+from continual.atomic import OutputError
+from continual.config import load_config
+from continual.plugins import NonFiniteLossError
+from continual.strategy import HostDetector
+from tasks.errors import DataError
+
+CONTINUAL = str(Path(sys.executable).parent / "continual")
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def cached_worlds(monkeypatch, world_cache):
+    monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
+
+
+def continual_run(run_dir, *extra, crash_at=None):
+    env = dict(os.environ)
+    env.pop("CONTINUAL_CRASH_AT", None)
+    if crash_at:
+        env["CONTINUAL_CRASH_AT"] = crash_at
+    return subprocess.run([CONTINUAL, "run", str(SMOKE), f"run_dir={run_dir}", *extra], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, world_cache):
+    os.environ["CONTINUAL_CACHE"] = str(world_cache)
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    out = continual_run(run_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return (run_dir / "results.json").read_bytes()
+
+
+# smoke.yaml: 2 tasks x 4 steps, a checkpoint every 2 steps; 3 evaluations of 2 tasks (8 images, 1 batch each)
+KILL_POINTS = {
+    "mid-training, first task": "train-step:3",
+    "mid-training, second task": "train-step:7",
+    "mid-evaluation, zero-shot row": "eval-batch:1",
+    "mid-evaluation, after the first task": "eval-batch:4",
+    "during a checkpoint write": "write:checkpoint.pt:3",
+    "during a module write": "write:module:2",
+    "during the run state write": "write:state.json:2",
+    "during the results write": "write:results.json:1",
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_resume_gives_identical_results(tmp_path, uninterrupted, point):
+    run_dir = tmp_path / "run"
+    killed = continual_run(run_dir, crash_at=KILL_POINTS[point])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run_dir / "results.json").exists() or point == "during the results write"
+    resumed = continual_run(run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (run_dir / "results.json").read_bytes() == uninterrupted
+
+
+def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    assert continual_run(run_dir).returncode == 0
+    assert continual_run(run_dir, "--resume").returncode == 0
+    assert (run_dir / "results.json").read_bytes() == uninterrupted
+
+
+def test_nan_loss_stops_the_run_naming_task_and_step(tmp_path, monkeypatch):
+    forward = HostDetector.forward
+    calls = {"n": 0}
+
+    def poisoned(self, images, targets=None):
+        out = forward(self, images, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out = {"loss": out["loss"] * torch.tensor(float("nan"))}
+        return out
+
+    monkeypatch.setattr(HostDetector, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"task 'base'.* loss is nan at step 3 of 4"):
+        engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"]), progress=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 2 and all(torch.isfinite(v).all() for v in checkpoint["module"].values())
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "state.json"
+    atomic.write_json(target, {"old": True})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic.write_json(target, {"new": True})
+    assert json.loads(target.read_text()) == {"old": True}
+
+
+def test_unwritable_run_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = continual_run(blocker / "run")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "cannot write" in out.stderr
+
+
+def test_too_long_phrase_is_refused_before_training(tmp_path):
+    cfg_file = tmp_path / "long.yaml"
+    long_phrase = " ".join(["very"] * 80) + " long fish"
+    cfg_file.write_text(SMOKE.read_text().replace('aquarium: {data: "synthetic:aquarium"}',
+                                                  f'aquarium: {{data: "synthetic:aquarium", phrases: {{fish: "{long_phrase}"}}}}'))
+    with pytest.raises(DataError, match="task 'aquarium'.*longer than the text encoder's limit"):
+        engine.run(load_config(cfg_file, [f"run_dir={tmp_path / 'run'}"]), progress=False)
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_empty_phrase_is_refused(tmp_path):
+    cfg_file = tmp_path / "empty.yaml"
+    cfg_file.write_text(SMOKE.read_text().replace('aquarium: {data: "synthetic:aquarium"}',
+                                                  'aquarium: {data: "synthetic:aquarium", phrases: {fish: "  "}}'))
+    with pytest.raises(DataError, match="empty"):
+        engine.run(load_config(cfg_file, [f"run_dir={tmp_path / 'run'}"]), progress=False)
