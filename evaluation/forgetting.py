@@ -6,6 +6,7 @@ task was not evaluated; the functions below need the entries they read.
 """
 from __future__ import annotations
 
+import math
 from statistics import mean
 
 Matrix = list[list[float]]
@@ -15,10 +16,24 @@ class MetricsError(ValueError):
     """A results matrix of the wrong shape, or missing an entry a metric needs."""
 
 
-def _check(matrix: Matrix) -> int:
+def check_number(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MetricsError(f"{where} must be a finite number or None, got {value!r}")
+    return float(value)
+
+
+def check_matrix(matrix: Matrix) -> int:
+    """Rows of a results matrix: a list of T lists of at least T numbers (or None)."""
+    if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+        raise MetricsError(f"a results matrix is a list of rows (lists), got {type(matrix).__name__}")
     rows = len(matrix)
     if rows == 0 or any(len(row) < rows for row in matrix):
         raise MetricsError(f"results matrix needs T rows of at least T entries, got {[len(r) for r in matrix]}")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            check_number(value, f"results matrix entry R[{i}][{j}]")
     return rows
 
 
@@ -31,13 +46,13 @@ def _entry(matrix: Matrix, i: int, j: int) -> float:
 
 def final_average(matrix: Matrix) -> float:
     """A_T = mean_j R[T-1][j] over the trained tasks."""
-    last = _check(matrix) - 1
+    last = check_matrix(matrix) - 1
     return mean(_entry(matrix, last, j) for j in range(last + 1))
 
 
 def retention(matrix: Matrix) -> list[float | None]:
     """R[T-1][j] / R[j][j] per task (None where R[j][j] is 0)."""
-    last = _check(matrix) - 1
+    last = check_matrix(matrix) - 1
     out = []
     for j in range(last + 1):
         learned = _entry(matrix, j, j)
@@ -47,7 +62,7 @@ def retention(matrix: Matrix) -> list[float | None]:
 
 def forgetting(matrix: Matrix) -> list[float | None]:
     """Chaudhry et al.: max_{i<T-1} R[i][j] - R[T-1][j], for j < T-1 (None for the last task)."""
-    last = _check(matrix) - 1
+    last = check_matrix(matrix) - 1
     out = []
     for j in range(last + 1):
         if j == last:
@@ -60,7 +75,7 @@ def forgetting(matrix: Matrix) -> list[float | None]:
 
 def backward_transfer(matrix: Matrix) -> float | None:
     """BWT = mean_{j<T-1} (R[T-1][j] - R[j][j]); None for a single task."""
-    last = _check(matrix) - 1
+    last = check_matrix(matrix) - 1
     if last == 0:
         return None
     return mean(_entry(matrix, last, j) - _entry(matrix, j, j) for j in range(last))
@@ -68,9 +83,12 @@ def backward_transfer(matrix: Matrix) -> float | None:
 
 def forward_transfer(matrix: Matrix, zero_shot: list[float]) -> float | None:
     """FWT = mean_{j>0} (R[j-1][j] - Z[j]); None for a single task."""
-    rows = _check(matrix)
-    if len(zero_shot) < rows:
-        raise MetricsError(f"zero-shot row has {len(zero_shot)} entries for {rows} tasks")
+    rows = check_matrix(matrix)
+    if not isinstance(zero_shot, list) or len(zero_shot) < rows:
+        raise MetricsError(f"the zero-shot row must be a list of at least {rows} entries, got {zero_shot!r}")
+    for j in range(rows):
+        if check_number(zero_shot[j], f"zero-shot entry Z[{j}]") is None:
+            raise MetricsError(f"zero-shot entry Z[{j}] was not evaluated")
     if rows == 1:
         return None
     return mean(_entry(matrix, j - 1, j) - float(zero_shot[j]) for j in range(1, rows))

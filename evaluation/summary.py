@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from statistics import mean
 
-from evaluation.forgetting import (MetricsError, backward_transfer, final_average, forgetting, forward_transfer,
-                                   harmonic_mean, retention, zero_shot_retention)
+from evaluation.forgetting import (MetricsError, backward_transfer, check_matrix, check_number, final_average,
+                                   forgetting, forward_transfer, harmonic_mean, retention, zero_shot_retention)
 
 
 def _or_none(fn, *args):
@@ -24,6 +24,18 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
 
     ``held_out`` maps a held-out task to {"zero_shot": Z, "final": metric after the stream}.
     """
+    if not isinstance(tasks, list) or not tasks:
+        raise MetricsError(f"derived metrics need the list of task names, got {tasks!r}")
+    check_matrix(matrix)
+    if len(matrix) != len(tasks) or any(len(row) != len(tasks) for row in matrix):
+        raise MetricsError(f"a results matrix for {len(tasks)} tasks has {len(tasks)} rows of {len(tasks)} entries")
+    if not isinstance(zero_shot, list) or len(zero_shot) != len(tasks):
+        raise MetricsError(f"the zero-shot row needs {len(tasks)} entries, got {zero_shot!r}")
+    for j, value in enumerate(zero_shot):
+        check_number(value, f"zero-shot entry Z[{j}]")
+    for name, v in (held_out or {}).items():
+        for key in ("zero_shot", "final"):
+            check_number(v.get(key) if isinstance(v, dict) else v, f"held-out task {name!r} {key}")
     last = matrix[-1]
     old = [last[j] for j in range(len(tasks) - 1) if last[j] is not None]
     new = last[len(tasks) - 1]
