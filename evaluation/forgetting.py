@@ -68,7 +68,10 @@ def forgetting(matrix: Matrix) -> list[float | None]:
         if j == last:
             out.append(None)
             continue
-        best = max(_entry(matrix, i, j) for i in range(last) if matrix[i][j] is not None)
+        earlier = [_entry(matrix, i, j) for i in range(last) if matrix[i][j] is not None]
+        if not earlier:
+            raise MetricsError(f"forgetting of task {j} needs an evaluated entry before the last row")
+        best = max(earlier)
         out.append(best - _entry(matrix, last, j))
     return out
 

@@ -41,6 +41,12 @@ def read_coco_json(path: Path) -> dict:
                 raise DataError(f"{path}: {section}[{n}] lacks key(s) {', '.join(missing)}")
     if not coco["categories"]:
         raise DataError(f"{path}: no categories")
+    for section, keys in REQUIRED.items():
+        for n, entry in enumerate(coco[section]):
+            for key in ("id", "image_id", "category_id"):
+                if key in keys and (isinstance(entry[key], bool) or not isinstance(entry[key], int)):
+                    raise DataError(f"{path}: {section}[{n}] has {key} {entry[key]!r} of type "
+                                    f"{type(entry[key]).__name__}; ids must be integers")
     for section in REQUIRED:
         counts = Counter(e["id"] for e in coco[section])
         dupes = [i for i, c in counts.items() if c > 1]

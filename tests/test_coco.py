@@ -47,6 +47,7 @@ BAD = {
     "duplicate image ids": (_broken(lambda c: c["images"][1].update(id=1)), "duplicate images id(s) [1]"),
     "no categories": (_broken(lambda c: c.update(categories=[], annotations=[])), "no categories"),
     "zero-size image": (_broken(lambda c: c["images"][0].update(width=0)), "has size 0x30; width and height must be"),
+    "non-integer id": (_broken(lambda c: c["images"][0].update(id=[1])), "has id [1] of type list; ids must be"),
     "bad bbox type": (_broken(lambda c: c["annotations"][0].update(bbox="2,3,4,5")), "bbox must be"),
 }
 

@@ -15,15 +15,14 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(all
 json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                            max_leaves=20)
-image = st.fixed_dictionaries({"id": st.one_of(st.integers(0, 3), scalars), "file_name": st.text(max_size=5),
+ids = st.one_of(st.integers(0, 3), json_values)
+image = st.fixed_dictionaries({"id": ids, "file_name": st.text(max_size=5),
                                "width": st.one_of(st.integers(-2, 64), scalars),
                                "height": st.one_of(st.integers(-2, 64), scalars)})
-annotation = st.fixed_dictionaries({"id": st.one_of(st.integers(0, 5), scalars),
-                                    "image_id": st.one_of(st.integers(0, 3), scalars),
-                                    "category_id": st.one_of(st.integers(0, 3), scalars),
+annotation = st.fixed_dictionaries({"id": ids, "image_id": ids, "category_id": ids,
                                     "bbox": st.one_of(st.lists(st.one_of(st.floats(-10, 80), scalars), max_size=5),
                                                       scalars)})
-category = st.fixed_dictionaries({"id": st.one_of(st.integers(0, 3), scalars), "name": st.one_of(st.text(), scalars)})
+category = st.fixed_dictionaries({"id": ids, "name": st.one_of(st.text(), scalars)})
 coco_like = st.one_of(json_values, st.fixed_dictionaries({"images": st.lists(image, max_size=3),
                                                           "annotations": st.lists(annotation, max_size=4),
                                                           "categories": st.lists(category, max_size=3)}))
