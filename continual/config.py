@@ -76,6 +76,8 @@ class RunConfig:
     held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
     eval_batch_size: int = 16
     checkpoint_every: int = 100  # steps between mid-task checkpoints (0: task ends only)
+    feature_cache: bool = True  # cache the outputs of frozen trunks that the trained module does not act inside
+    feature_cache_mb: int = 4096  # memory the cache may hold
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     start_from: list[str] = field(default_factory=list)  # module folders stacked before the first task
@@ -196,7 +198,8 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     _positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
                       "data.image_size": cfg.data.image_size, "eval_batch_size": cfg.eval_batch_size,
-                      "checkpoint_every": cfg.checkpoint_every}, allow_zero=("checkpoint_every",))
+                      "checkpoint_every": cfg.checkpoint_every, "feature_cache_mb": cfg.feature_cache_mb},
+              allow_zero=("checkpoint_every", "feature_cache_mb"))
     _check_train(where, "train.", cfg.train)
     for name, task in cfg.tasks.items():
         if task.data.startswith("synthetic:"):

@@ -29,7 +29,8 @@ from avalanche.training.plugins import EvaluationPlugin
 from continual import atomic
 from continual.config import NO_MODULE, RunConfig, StepConfig, step_train_config, to_yaml
 from continual.hosts.grounding_dino import GroundingDinoHost
-from continual.plugins import CheckpointPlugin, CocoMetric, RecordPlugin, StackingPlugin, TrainingPlan
+from continual.plugins import (CheckpointPlugin, CocoMetric, RecordPlugin, StackingPlugin, TrainingPlan,
+                               TrunkCachePlugin)
 from continual.strategy import HostDetector, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
@@ -133,8 +134,9 @@ class StreamRun:
             evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
             self.checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, self.ws.cfg.checkpoint_every, stacking,
                                                 record)
+            trunks = TrunkCachePlugin(host, stack, self.ws.cfg.feature_cache, self.ws.cfg.feature_cache_mb)
             strategy = StreamStrategy(model=HostDetector(host), device=self.ws.device,
-                                      plugins=[stacking, record, self.checkpoints],
+                                      plugins=[stacking, trunks, record, self.checkpoints],
                                       evaluator=evaluator, eval_mb_size=self.ws.cfg.eval_batch_size)
             benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
                                         host.to_pixels)
@@ -160,7 +162,7 @@ class StreamRun:
                                                 done | {"stream": self.name, "run_dir": str(self.run_dir)})
                         continue
                     state["steps"].append(self._step(index, step, stack, strategy, benchmark, metric, stacking,
-                                                     record))
+                                                     record, trunks))
                     self._save_state(state)
             finally:
                 stack.clear()
@@ -171,13 +173,14 @@ class StreamRun:
         atomic.write_json(self.run_dir / TIMING, {
             "wall_seconds": seconds, "model_seconds": record.model_seconds,
             "outside_model_fraction": 1 - record.model_seconds / seconds if seconds else None,
-            "steps": [{"task": s["task"], "method": s["method"], "train_seconds": s.get("train_seconds")}
+            "steps": [{"task": s["task"], "method": s["method"], "train_seconds": s.get("train_seconds"),
+                       "step_seconds": s.get("step_seconds", []), "trunk_cache": s.get("trunk_cache", {})}
                       for s in state["steps"]]})
         atomic.write_files(self.run_dir, run_outputs(results))
         (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # the modules folder holds every finished module
         return results
 
-    def _step(self, index, step, stack, strategy, benchmark, metric, stacking, record) -> dict:
+    def _step(self, index, step, stack, strategy, benchmark, metric, stacking, record, trunks) -> dict:
         key = self.step_key(index)
         if key in self.ws.memo:
             done = self.ws.memo[key]
@@ -206,6 +209,7 @@ class StreamRun:
             save_module(module, self.run_dir / folder, self.ws.host, stream=self.name, position=index,
                         train=asdict(plan.train), final_loss=record.losses[-1])
             entry.update(train=asdict(plan.train), module=str(folder), losses=record.losses,
+                         step_seconds=record.step_seconds, trunk_cache=trunks.stats,
                          **{k: parameter_counts(self.ws.host, module)[k] for k in ("trainable_params", "fraction")})
         entry["train_seconds"] = time.time() - tick
         evaluated = range(len(self.eval_tasks)) if self.ws.cfg.evaluate == "stream" else \

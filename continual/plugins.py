@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from continual import atomic
 from continual.faults import crash_point
 from continual.training import TrainConfig
+from continual.trunk_cache import TrunkCache
 from evaluation.coco_eval import coco_bbox_metrics
 from prompts import Stack, build_module
 from tasks.task import DetectionTask
@@ -192,6 +193,24 @@ class CheckpointPlugin(SupervisedPlugin):
         return state if state["index"] == index else None
 
 
+class TrunkCachePlugin(SupervisedPlugin):
+    """While a module trains: the frozen trunks that nothing acts inside run in eval mode, their outputs cached."""
+
+    def __init__(self, host, stack: Stack, store: bool, max_mb: int):
+        super().__init__()
+        self.host, self.stack, self.store, self.max_mb = host, stack, store, max_mb
+        self.cache: TrunkCache | None = None
+        self.stats: dict = {}
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.cache = TrunkCache(self.host, self.stack.modules, self.store, self.max_mb).__enter__()
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.stats = self.cache.stats()
+        self.cache.__exit__()
+        self.cache = None
+
+
 class RecordPlugin(SupervisedPlugin):
     """Loss per step, wall time of the model's own work, and tqdm bars on training and evaluation."""
 
@@ -199,6 +218,7 @@ class RecordPlugin(SupervisedPlugin):
         super().__init__()
         self.progress = progress
         self.losses: list[float] = []
+        self.step_seconds: list[float] = []  # wall time per training iteration, data loading included
         self.resume_losses: list[float] | None = None  # the losses before a mid-experience checkpoint
         self.model_seconds = 0.0  # forward + backward + optimizer step
         self._bar = None
@@ -206,7 +226,9 @@ class RecordPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         self.losses, self.resume_losses = list(self.resume_losses or []), None
+        self.step_seconds = []
         self._bar = tqdm(total=len(strategy.dataloader), desc="train", leave=False, disable=not self.progress)
+        self._last_step_end = time.perf_counter()
 
     def before_forward(self, strategy, **kwargs):
         self._tick = time.perf_counter()
@@ -216,6 +238,9 @@ class RecordPlugin(SupervisedPlugin):
         self.model_seconds += time.perf_counter() - self._tick
         self._bar.update()
         self._bar.set_postfix(loss=f"{self.losses[-1]:.2f}")
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last_step_end)
+        self._last_step_end = now
 
     def after_training_exp(self, strategy, **kwargs):
         self._bar.close()

@@ -113,6 +113,15 @@ class PeftModule(nn.Module):
     def uninstall(self) -> None:
         """Undo anything ``install`` did that a hook handle does not (optional)."""
 
+    def acts_inside(self, part: nn.Module) -> bool:
+        """Whether this module changes anything computed inside ``part`` of the host (e.g. a frozen trunk).
+
+        Default: one of its hooks sits on ``part`` or below. Methods that act
+        otherwise (LoRA's injected layers, full fine-tuning's weights) override it.
+        """
+        ids = {handle.id for handle in self._handles}
+        return any(ids & (m._forward_hooks.keys() | m._forward_pre_hooks.keys()) for m in part.modules())
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains when this module is the one being trained."""
         return list(self.parameters())

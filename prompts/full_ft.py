@@ -57,6 +57,9 @@ class FullFineTuning(PeftModule):
             self.host.model.load_state_dict(self._tuned)
             self._tuned = None
 
+    def acts_inside(self, part) -> bool:
+        return True  # every weight of the host trains
+
     def trainable_parameters(self):
         return list(self.host.model.parameters()) if self.attached else []
 

@@ -95,6 +95,9 @@ class Lora(PeftModule):
         self._apply_enabled()
         return []
 
+    def acts_inside(self, part) -> bool:
+        return any(isinstance(m, LoraLayer) and self.adapter_name in m.lora_A for m in part.modules())
+
     def uninstall(self) -> None:
         model = self.host.model
         for name, layer in _lora_layers(model, self.adapter_name).items():

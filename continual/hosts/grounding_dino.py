@@ -68,6 +68,16 @@ def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
     )
 
 
+def t_size_config(image_size: int = 800) -> GroundingDinoConfig:
+    """Grounding DINO-T's shape: Swin-T, a BERT-base text encoder, d_model 256, 6 + 6 layers, 900 queries.
+
+    transformers' defaults are exactly that; only the backbone's image size is set.
+    """
+    config = GroundingDinoConfig()
+    config.backbone_config.image_size = image_size
+    return config
+
+
 def load_text_backbone(model: GroundingDinoForObjectDetection, folder: Path) -> None:
     """Copy pretrained BERT weights (MiniLM) into the model's text backbone."""
     pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=False)
@@ -100,6 +110,8 @@ class GroundingDinoHost(nn.Module):
         source = str(source)
         if source == "builtin:tiny":
             return cls.build_tiny(image_size or 128)
+        if source == "builtin:t-size":
+            return cls.build_t_size(image_size or 800)
         folder = BUILTIN_DIR / source.split(":", 1)[1] if source.startswith("builtin:") else Path(source)
         if source.startswith("builtin:") and not folder.is_dir():
             known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
@@ -122,6 +134,13 @@ class GroundingDinoHost(nn.Module):
         model = GroundingDinoForObjectDetection(tiny_config(image_size))
         load_text_backbone(model, minilm_path())
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
+
+    @classmethod
+    def build_t_size(cls, image_size: int = 800, seed: int = 0) -> "GroundingDinoHost":
+        """A Grounding-DINO-T-sized host with random weights, for cost benchmarks (BERT's uncased vocabulary)."""
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(t_size_config(image_size))
+        return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:t-size")
 
     def save_pretrained(self, folder: str | Path, include_text_backbone: bool = False) -> None:
         """HF layout; the text backbone is left out unless asked (it comes from its package)."""

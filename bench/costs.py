@@ -1,0 +1,289 @@
+"""Cost table of every PEFT method on a host: FLOPs, parameters, latency, training step time, memory.
+
+    .venv/bin/python bench/costs.py --host tiny                 # markdown table
+    .venv/bin/python bench/costs.py --host tiny --json          # JSON list of rows
+    .venv/bin/python bench/costs.py --host t-size --image-size 800 --reps 5
+    .venv/bin/python bench/costs.py --host tiny --stack-scaling  # SDPT stacks of 1..13 modules
+
+Columns as in the SDPT paper's cost table: inference GFLOPs per image (counted
+by torch.utils.flop_counter: matmuls, convolutions, attention; the deformable
+attention's grid_sample is not counted), trainable parameters and their
+fraction of the host, plus ratios measured here: inference latency against the
+plain host, training step time and peak training memory against full
+fine-tuning. Repetitions are interleaved (every method, then every method
+again, ...), each method's latency alternates with the plain host's, and the
+figures are medians of per-repetition ratios. The plain host is the module
+switched off (its hooks pass values through; a disabled peft LoRA layer
+calls the base layer). CUDA is used when present, and absolute times are
+reported too. CPU memory is the bytes a training step holds at its peak:
+weights, the activations autograd saved, gradients and AdamW state.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import continual  # noqa: E402,F401  (torchvision shim)
+from continual.hosts.grounding_dino import GroundingDinoHost  # noqa: E402
+from prompts import Stack, build_module, parameter_counts  # noqa: E402
+
+ROWS = [  # (method, variant, config)
+    ("sdpt", "k=10 sync", {"k": 10}),
+    ("sdpt", "k=10 official", {"k": 10, "text_prompt_mask": "official"}),
+    ("sdpt", "k=120 sync", {"k": 120}),
+    ("sdpt", "k=120 official", {"k": 120, "text_prompt_mask": "official"}),
+    ("adapter", "", {}),
+    ("vpt", "", {}),
+    ("lora", "", {}),
+    ("bitfit", "", {}),
+    ("coop", "", {}),
+    ("linear_probe", "", {}),
+    ("full_ft", "", {}),
+]
+PHRASES = ["red circle", "blue square", "green triangle", "yellow star", "purple hexagon"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def inputs(host, batch: int, device: torch.device, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch, 3, host.image_size, host.image_size, generator=generator).to(device)
+    targets = []
+    for _ in range(batch):
+        n = 3
+        centres = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
+        sizes = torch.rand(n, 2, generator=generator) * 0.2 + 0.1
+        targets.append({"class_labels": torch.randint(0, len(PHRASES), (n,), generator=generator),
+                        "boxes": torch.cat([centres, sizes], 1)})
+    return pixels, targets
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def gflops(host, pixels) -> float:
+    with FlopCounterMode(display=False) as counter, autocast(pixels.device):
+        host._forward(pixels[:1], host.prompts(PHRASES)[0])
+    return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def forward_seconds(host, pixels) -> float:
+    prompt = host.prompts(PHRASES)[0]
+    sync(pixels.device)
+    start = time.perf_counter()
+    with autocast(pixels.device):
+        host._forward(pixels, prompt)
+    sync(pixels.device)
+    return time.perf_counter() - start
+
+
+def train_step(host, params, optimizer, pixels, targets) -> float:
+    sync(pixels.device)
+    start = time.perf_counter()
+    with autocast(pixels.device):
+        loss, _ = host.loss(pixels, PHRASES, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    sync(pixels.device)
+    return time.perf_counter() - start
+
+
+def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
+    """Peak memory of one training step: CUDA's allocator peak, or on CPU weights + saved activations + grads + AdamW."""
+    device = pixels.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step(host, params, optimizer, pixels, targets)
+        return torch.cuda.max_memory_allocated(device)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = host.loss(pixels, PHRASES, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    weights = {p.data_ptr(): p.numel() * p.element_size() for p in [*host.parameters(), *params]}
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    grads = sum(p.numel() * p.element_size() for p in params)
+    activations = sum(n for ptr, n in saved.items() if ptr not in weights)
+    return sum(weights.values()) + activations + grads + state
+
+
+def measure(host, rows, reps: int, batch: int, device: torch.device, progress) -> list[dict]:
+    pixels, targets = inputs(host, batch, device)
+    host_gflops = gflops(host, pixels)
+    samples = {i: {"latency_ratio": [], "latency": [], "host_latency": [], "step": [], "peak": None}
+               for i in range(len(rows))}
+    static = {}
+    for rep in range(reps):
+        for i, (method, variant, config) in enumerate(rows):
+            progress(f"rep {rep + 1}/{reps}: {method} {variant}")
+            torch.manual_seed(0)
+            stack = Stack(host)
+            module = stack.push(build_module(method, config, task="bench"))
+            module.to(device)
+            try:
+                params = stack.train_only(module)
+                if i not in static:
+                    module_gflops = gflops(host, pixels)
+                    static[i] = {"gflops": module_gflops, **parameter_counts(host, module)}
+                on, off = [], []
+                for _ in range(2):  # alternate module and plain host
+                    module.enabled = True
+                    on.append(forward_seconds(host, pixels))
+                    module.enabled = False
+                    off.append(forward_seconds(host, pixels))
+                module.enabled = True
+                samples[i]["latency_ratio"].append(sum(on) / sum(off))
+                samples[i]["latency"].append(statistics.median(on) / batch)
+                samples[i]["host_latency"].append(statistics.median(off) / batch)
+                optimizer = torch.optim.AdamW(params, lr=1e-6)
+                host.train()
+                train_step(host, params, optimizer, pixels, targets)  # warm-up: AdamW state, caches
+                samples[i]["step"].append(train_step(host, params, optimizer, pixels, targets))
+                if samples[i]["peak"] is None:
+                    samples[i]["peak"] = peak_train_bytes(host, params, optimizer, pixels, targets)
+                host.eval()
+            finally:
+                stack.clear()
+    reference = len(rows) - 1 if rows[-1][0] == "full_ft" else None
+    out = []
+    for i, (method, variant, _) in enumerate(rows):
+        s, st = samples[i], static[i]
+        row = {"method": method, "variant": variant, "gflops": st["gflops"], "host_gflops": host_gflops,
+               "flops_ratio": st["gflops"] / host_gflops, "trainable_params": st["trainable_params"],
+               "total_params": st["total_params"], "fraction": st["fraction"],
+               "latency_ratio": statistics.median(s["latency_ratio"]),
+               "latency_ms": 1000 * statistics.median(s["latency"]),
+               "host_latency_ms": 1000 * statistics.median(s["host_latency"]),
+               "step_ms": 1000 * statistics.median(s["step"]), "peak_train_mb": s["peak"] / 2 ** 20,
+               "step_ratio": None, "memory_ratio": None}
+        if reference is not None:
+            ref = samples[reference]
+            row["step_ratio"] = statistics.median(a / b for a, b in zip(s["step"], ref["step"]))
+            row["memory_ratio"] = s["peak"] / ref["peak"]
+        out.append(row)
+    return out
+
+
+def stack_scaling(host, counts, reps: int, batch: int, device: torch.device, progress) -> list[dict]:
+    """FLOPs and latency of a host carrying n SDPT modules (k=10), under `all` and under `own` (first task)."""
+    pixels, _ = inputs(host, batch, device)
+    host_gflops = gflops(host, pixels)
+    out = []
+    for n in counts:
+        progress(f"stack of {n}")
+        torch.manual_seed(0)
+        stack = Stack(host)
+        for t in range(n):
+            stack.push(build_module("sdpt", {"k": 10}, task=f"task{t}")).to(device)
+        try:
+            for policy in ("all", "own"):
+                stack.use(policy, "task0")
+                flops = gflops(host, pixels)
+                ratios = []
+                for _ in range(reps):
+                    with_stack = forward_seconds(host, pixels)
+                    with stack.using("own", "no-such-task"):  # every module off: the plain host
+                        plain = forward_seconds(host, pixels)
+                    ratios.append(with_stack / plain)
+                out.append({"modules": n, "policy": policy, "gflops": flops, "flops_ratio": flops / host_gflops,
+                            "latency_ratio": statistics.median(ratios)})
+        finally:
+            stack.clear()
+    return out
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    head = (f"Host `{meta['host']}` at {meta['image_size']} px, {meta['device']}, batch {meta['batch']}, "
+            f"{meta['reps']} interleaved repetitions (medians).\n\n")
+    lines = ["| method | GFLOPs | FLOPs ratio | trainable (M) | fraction | latency ratio | step ratio vs full FT "
+             "| memory ratio vs full FT | latency ms/img | step ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, spec):
+        return "–" if v is None else format(v, spec)
+
+    for r in rows:
+        name = f"{r['method']} {r['variant']}".strip()
+        lines.append(f"| {name} | {r['gflops']:.3f} | {r['flops_ratio']:.4f} | {r['trainable_params'] / 1e6:.4f} | "
+                     f"{r['fraction']:.4%} | {r['latency_ratio']:.3f} | {f(r['step_ratio'], '.3f')} | "
+                     f"{f(r['memory_ratio'], '.3f')} | {r['latency_ms']:.2f} | {r['step_ms']:.1f} |")
+    return head + "\n".join(lines) + f"\n\nPlain host: {rows[0]['host_gflops']:.3f} GFLOPs per image.\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", choices=["tiny", "t-size"], default="tiny")
+    parser.add_argument("--image-size", type=int, default=None, help="input size (default: tiny 128, t-size 800)")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians over them)")
+    parser.add_argument("--batch", type=int, default=None, help="batch for latency and steps (tiny 8, t-size 2)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--only", default="", help="comma-separated methods to keep (full_ft is always kept)")
+    parser.add_argument("--stack-scaling", action="store_true", help="SDPT stacks of 1, 2, 4, 8, 13 modules instead")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    parser.add_argument("--out", help="also write costs-HOST.json and costs-HOST.md into this folder")
+    args = parser.parse_args(argv)
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    source = "builtin:tiny-base" if args.host == "tiny" else "builtin:t-size"
+    host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size).to(device)
+    batch = args.batch or (8 if args.host == "tiny" else 2)
+    meta = {"host": source, "image_size": host.image_size, "device": str(device), "batch": batch, "reps": args.reps,
+            "torch": torch.__version__}
+
+    def progress(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    if args.stack_scaling:
+        rows = stack_scaling(host, [1, 2, 4, 8, 13], args.reps, batch, device, progress)
+        text = json.dumps(rows, indent=2) if args.json else \
+            "\n".join(f"{r['modules']:>3} modules, {r['policy']:<4}: {r['gflops']:.3f} GFLOPs "
+                      f"(x{r['flops_ratio']:.4f}), latency x{r['latency_ratio']:.3f}" for r in rows)
+    else:
+        keep = {m for m in args.only.split(",") if m} | {"full_ft"}
+        selected = [r for r in ROWS if not args.only or r[0] in keep]
+        rows = measure(host, selected, args.reps, batch, device, progress)
+        text = json.dumps(rows, indent=2) if args.json else markdown(rows, meta)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"costs-{args.host}" + ("-stack" if args.stack_scaling else "")
+        (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        if not args.stack_scaling:
+            (out / f"{name}.md").write_text(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

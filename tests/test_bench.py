@@ -1,0 +1,19 @@
+"""The cost benchmark runs on the tiny host with one repetition (figures are not checked here: bench/ prints them)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "costs.py"
+
+
+def test_costs_bench_runs_on_the_tiny_host():
+    out = subprocess.run([sys.executable, str(BENCH), "--host", "tiny", "--reps", "1", "--batch", "2",
+                          "--only", "sdpt", "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert [r["method"] for r in rows] == ["sdpt"] * 4 + ["full_ft"]
+    for row in rows:
+        assert {"method", "gflops", "host_gflops", "trainable_params", "fraction", "latency_ratio", "step_ratio",
+                "memory_ratio"} <= set(row)
+    assert rows[0]["trainable_params"] == 10 * 128 * 2 and rows[-1]["step_ratio"] == 1.0
