@@ -49,7 +49,18 @@ ROWS = [  # (method, variant, config)
     ("linear_probe", "", {}),
     ("full_ft", "", {}),
 ]
-PHRASES = ["red circle", "blue square", "green triangle", "yellow star", "purple hexagon"]
+# The prompt: COCO's 80 categories for the T-sized host (the paper's setting; the text length sets what
+# k extra text-side tokens cost), the base world's 12 phrases for the tiny host (max_text_len 64).
+COCO_NAMES = [n.replace("_", " ") for n in (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
+    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
+    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle "
+    "wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake "
+    "chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven "
+    "toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush").split()]
+BASE_NAMES = [f"{colour} {shape}" for colour in ("red", "blue")
+              for shape in ("circle", "square", "triangle", "star", "hexagon", "cross")]
+PHRASES: list[str] = []  # set in main() for the host
 
 
 def sync(device: torch.device) -> None:
@@ -130,6 +141,26 @@ def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
     grads = sum(p.numel() * p.element_size() for p in params)
     activations = sum(n for ptr, n in saved.items() if ptr not in weights)
     return sum(weights.values()) + activations + grads + state
+
+
+def count_only(host, rows, batch: int, device: torch.device, progress) -> list[dict]:
+    """FLOPs and parameters alone (no timing): for input sizes too slow to time here."""
+    pixels, _ = inputs(host, 1, device)
+    host_gflops = gflops(host, pixels)
+    out = []
+    for method, variant, config in rows:
+        progress(f"{method} {variant}")
+        torch.manual_seed(0)
+        stack = Stack(host)
+        module = stack.push(build_module(method, config, task="bench"))
+        try:
+            counts = parameter_counts(host, module)
+            flops = gflops(host, pixels)
+        finally:
+            stack.clear()
+        out.append({"method": method, "variant": variant, "gflops": flops, "host_gflops": host_gflops,
+                    "flops_ratio": flops / host_gflops, **counts})
+    return out
 
 
 def measure(host, rows, reps: int, batch: int, device: torch.device, progress) -> list[dict]:
@@ -245,6 +276,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--only", default="", help="comma-separated methods to keep (full_ft is always kept)")
     parser.add_argument("--stack-scaling", action="store_true", help="SDPT stacks of 1, 2, 4, 8, 13 modules instead")
+    parser.add_argument("--flops-only", action="store_true", help="count FLOPs and parameters, time nothing")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     parser.add_argument("--out", help="also write costs-HOST.json and costs-HOST.md into this folder")
     args = parser.parse_args(argv)
@@ -258,7 +290,10 @@ def main(argv=None) -> int:
     source = "builtin:tiny-base" if args.host == "tiny" else "builtin:t-size"
     host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size).to(device)
     batch = args.batch or (8 if args.host == "tiny" else 2)
-    meta = {"host": source, "image_size": host.image_size, "device": str(device), "batch": batch, "reps": args.reps,
+    PHRASES[:] = BASE_NAMES if args.host == "tiny" else COCO_NAMES
+    if len(host.prompts(PHRASES)) != 1:
+        raise SystemExit(f"the benchmark prompt must fit one text window of {host.model.config.max_text_len} tokens")
+    meta = {"prompt_phrases": len(BASE_NAMES if args.host == "tiny" else COCO_NAMES), "host": source, "image_size": host.image_size, "device": str(device), "batch": batch, "reps": args.reps,
             "torch": torch.__version__}
 
     def progress(message: str) -> None:
@@ -272,15 +307,22 @@ def main(argv=None) -> int:
     else:
         keep = {m for m in args.only.split(",") if m} | {"full_ft"}
         selected = [r for r in ROWS if not args.only or r[0] in keep]
-        rows = measure(host, selected, args.reps, batch, device, progress)
-        text = json.dumps(rows, indent=2) if args.json else markdown(rows, meta)
+        if args.flops_only:
+            rows = count_only(host, selected, batch, device, progress)
+            text = json.dumps(rows, indent=2) if args.json else "\n".join(
+                f"{r['method']} {r['variant']}: {r['gflops']:.3f} GFLOPs (x{r['flops_ratio']:.5f}), "
+                f"{r['trainable_params']:,} trainable ({r['fraction']:.4%})" for r in rows)
+        else:
+            rows = measure(host, selected, args.reps, batch, device, progress)
+            text = json.dumps(rows, indent=2) if args.json else markdown(rows, meta)
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"costs-{args.host}" + ("-stack" if args.stack_scaling else "")
+        name = f"costs-{args.host}-{host.image_size}" + ("-stack" if args.stack_scaling else "-flops" if args.flops_only
+                                                           else "")
         (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        if not args.stack_scaling:
+        if not (args.stack_scaling or args.flops_only):
             (out / f"{name}.md").write_text(markdown(rows, meta))
     return 0
 
