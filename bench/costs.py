@@ -266,19 +266,63 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return head + "\n".join(lines) + f"\n\nPlain host: {rows[0]['host_gflops']:.3f} GFLOPs per image.\n"
 
 
+def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str, dict]:
+    """Rows, their text (JSON or markdown) and the run's settings for one host."""
+    source = "builtin:tiny-base" if name == "tiny" else "builtin:t-size"
+    host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size if name == "t-size" else None)
+    host.to(device)
+    batch = args.batch or (8 if name == "tiny" else 2)
+    PHRASES[:] = BASE_NAMES if name == "tiny" else COCO_NAMES
+    if len(host.prompts(PHRASES)) != 1:
+        raise SystemExit(f"the benchmark prompt must fit one text window of {host.model.config.max_text_len} tokens")
+    meta = {"host": source, "image_size": host.image_size, "prompt_phrases": len(PHRASES), "device": str(device),
+            "batch": batch, "reps": args.reps, "torch": torch.__version__}
+
+    def progress(message: str) -> None:
+        print(f"[bench {name}] {message}", file=sys.stderr, flush=True)
+
+    if args.stack_scaling:
+        rows = stack_scaling(host, [1, 2, 4, 8, 13], args.reps, batch, device, progress)
+        text = "\n".join(f"{r['modules']:>3} modules, {r['policy']:<4}: {r['gflops']:.3f} GFLOPs "
+                         f"(x{r['flops_ratio']:.4f}), latency x{r['latency_ratio']:.3f}" for r in rows)
+    else:
+        keep = {m for m in args.only.split(",") if m} | {"full_ft"}
+        selected = [r for r in ROWS if not args.only or r[0] in keep]
+        if args.flops_only:
+            rows = count_only(host, selected, batch, device, progress)
+            text = "\n".join(f"{r['method']} {r['variant']}: {r['gflops']:.3f} GFLOPs (x{r['flops_ratio']:.5f}), "
+                             f"{r['trainable_params']:,} trainable ({r['fraction']:.4%})" for r in rows)
+        else:
+            rows = measure(host, selected, args.reps, batch, device, progress)
+            text = markdown(rows, meta)
+    for row in rows:
+        row["host"] = name
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"costs-{name}-{host.image_size}" + ("-stack" if args.stack_scaling else
+                                                   "-flops" if args.flops_only else "")
+        (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        if not (args.stack_scaling or args.flops_only):
+            (out / f"{stem}.md").write_text(text)
+    return rows, text, meta
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", choices=["tiny", "t-size"], default="tiny")
-    parser.add_argument("--image-size", type=int, default=None, help="input size (default: tiny 128, t-size 800)")
+    parser.add_argument("--host", choices=["tiny", "t-size", "both"], default="tiny",
+                        help="both: the tiny host, then the T-sized one, in one run")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the T-sized host's input size (default 800; the tiny host runs at its own 128)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians over them)")
     parser.add_argument("--batch", type=int, default=None, help="batch for latency and steps (tiny 8, t-size 2)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--only", default="", help="comma-separated methods to keep (full_ft is always kept)")
     parser.add_argument("--stack-scaling", action="store_true", help="SDPT stacks of 1, 2, 4, 8, 13 modules instead")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs and parameters, time nothing")
-    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    parser.add_argument("--out", help="also write costs-HOST.json and costs-HOST.md into this folder")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows (each with its host)")
+    parser.add_argument("--out", help="also write costs-HOST-SIZE.json (and .md) into this folder")
     args = parser.parse_args(argv)
 
     import transformers
@@ -287,43 +331,12 @@ def main(argv=None) -> int:
     transformers.utils.logging.disable_progress_bar()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
-    source = "builtin:tiny-base" if args.host == "tiny" else "builtin:t-size"
-    host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size).to(device)
-    batch = args.batch or (8 if args.host == "tiny" else 2)
-    PHRASES[:] = BASE_NAMES if args.host == "tiny" else COCO_NAMES
-    if len(host.prompts(PHRASES)) != 1:
-        raise SystemExit(f"the benchmark prompt must fit one text window of {host.model.config.max_text_len} tokens")
-    meta = {"prompt_phrases": len(BASE_NAMES if args.host == "tiny" else COCO_NAMES), "host": source, "image_size": host.image_size, "device": str(device), "batch": batch, "reps": args.reps,
-            "torch": torch.__version__}
-
-    def progress(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    if args.stack_scaling:
-        rows = stack_scaling(host, [1, 2, 4, 8, 13], args.reps, batch, device, progress)
-        text = json.dumps(rows, indent=2) if args.json else \
-            "\n".join(f"{r['modules']:>3} modules, {r['policy']:<4}: {r['gflops']:.3f} GFLOPs "
-                      f"(x{r['flops_ratio']:.4f}), latency x{r['latency_ratio']:.3f}" for r in rows)
-    else:
-        keep = {m for m in args.only.split(",") if m} | {"full_ft"}
-        selected = [r for r in ROWS if not args.only or r[0] in keep]
-        if args.flops_only:
-            rows = count_only(host, selected, batch, device, progress)
-            text = json.dumps(rows, indent=2) if args.json else "\n".join(
-                f"{r['method']} {r['variant']}: {r['gflops']:.3f} GFLOPs (x{r['flops_ratio']:.5f}), "
-                f"{r['trainable_params']:,} trainable ({r['fraction']:.4%})" for r in rows)
-        else:
-            rows = measure(host, selected, args.reps, batch, device, progress)
-            text = json.dumps(rows, indent=2) if args.json else markdown(rows, meta)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        name = f"costs-{args.host}-{host.image_size}" + ("-stack" if args.stack_scaling else "-flops" if args.flops_only
-                                                           else "")
-        (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        if not (args.stack_scaling or args.flops_only):
-            (out / f"{name}.md").write_text(markdown(rows, meta))
+    all_rows, texts = [], []
+    for name in (["tiny", "t-size"] if args.host == "both" else [args.host]):
+        rows, text, _ = bench_host(name, args, device)
+        all_rows += rows
+        texts.append(text)
+    print(json.dumps(all_rows, indent=2) if args.json else "\n\n".join(texts))
     return 0
 
 
