@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/continual run configs/compat.yaml --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --durations=15 tests
 
 pretrain: $(STAMP)
 	$(BIN)/continual pretrain --out continual/checkpoints/tiny-base

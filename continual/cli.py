@@ -125,7 +125,9 @@ def _print_run(run_dir: Path) -> None:
         report = run_report(next(iter(runs.values())))
         print(report.split("\n## Modules")[0].strip())
     else:
-        print(study_report(run_dir.name, compat_rows(runs)).split("\n![")[0].strip())
+        from continual.engine import study_name
+
+        print(study_report(study_name(run_dir), compat_rows(runs)).split("\n![")[0].strip())
     print(f"\nreport: {run_dir / 'report.md'}")
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.logging import TensorboardLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
@@ -330,5 +331,11 @@ def rebuild_reports(run_dir: Path) -> dict[str, dict]:
         return runs
     for setting, results in runs.items():
         atomic.write_files(run_dir / setting, run_outputs(results))
-    atomic.write_files(run_dir, study_outputs(run_dir.name, runs))
+    atomic.write_files(run_dir, study_outputs(study_name(run_dir), runs))
     return runs
+
+
+def study_name(run_dir: Path) -> str:
+    """The name in the study's recorded config (the folder's name if it has none)."""
+    config = Path(run_dir) / CONFIG
+    return str(OmegaConf.load(config).get("name", run_dir.name)) if config.is_file() else Path(run_dir).name
