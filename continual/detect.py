@@ -14,6 +14,16 @@ def collate(host, items):
     return host.preprocess(list(images)), list(targets)
 
 
+def coco_detections(pred: dict, image_id: int, size, categories: list[dict]) -> list[dict]:
+    """One image's predictions (xyxy fractions, scores, phrase indices) as COCO results (absolute xywh)."""
+    w, h = (int(v) for v in size)
+    out = []
+    for (x0, y0, x1, y1), score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
+        out.append({"image_id": int(image_id), "category_id": categories[label]["id"],
+                    "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h], "score": score})
+    return out
+
+
 @torch.no_grad()
 def detect(host, data: CocoDetection, phrases, batch_size: int = 16, top_k: int = 100, progress: bool = True):
     """COCO-style detections (absolute xywh boxes) for every image of ``data``."""
@@ -25,11 +35,7 @@ def detect(host, data: CocoDetection, phrases, batch_size: int = 16, top_k: int 
         items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
         pixels, targets = collate(host, items)
         for pred, target in zip(host.predict(pixels, phrases, top_k=top_k), targets):
-            w, h = target["size"]
-            for box, score, label in zip(pred["boxes"].tolist(), pred["scores"].tolist(), pred["labels"].tolist()):
-                x0, y0, x1, y1 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
-                detections.append({"image_id": target["image_id"], "category_id": data.categories[label]["id"],
-                                   "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+            detections += coco_detections(pred, target["image_id"], target["size"], data.categories)
     host.train(was_training)
     return detections
 

@@ -13,6 +13,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from tqdm.auto import tqdm
 
 from continual import atomic
+from continual.detect import coco_detections
 from continual.faults import crash_point
 from continual.training import TrainConfig
 from continual.trunk_cache import TrunkCache
@@ -76,7 +77,7 @@ class StackingPlugin(SupervisedPlugin):
 
     def before_training_iteration(self, strategy, **kwargs):
         # Restored here, not earlier: creating the data loader's iterator draws from
-        # the RNG, and the forward does too (Swin's stochastic depth).
+        # the RNG, and so does the forward (dropout in the text encoder when it trains).
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
             self._resume_rng = None
@@ -134,15 +135,9 @@ class CocoMetric(PluginMetric[dict]):
 
     def after_eval_iteration(self, strategy):
         task = self.eval_tasks[strategy.experience.current_experience]
-        categories = task.val.categories
         for target, pred in zip(strategy.mb_y, strategy.mb_output):
-            w, h = target["size"].tolist()
-            scale = torch.tensor([w, h, w, h], dtype=pred["boxes"].dtype)
-            boxes = (pred["boxes"] * scale).tolist()
-            image_id = int(target["image_id"])
-            for (x0, y0, x1, y1), score, label in zip(boxes, pred["scores"].tolist(), pred["labels"].tolist()):
-                self._detections.append({"image_id": image_id, "category_id": categories[label]["id"],
-                                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+            self._detections += coco_detections(pred, target["image_id"], target["size"].tolist(),
+                                                task.val.categories)
 
     def after_eval_exp(self, strategy):
         task = self.eval_tasks[strategy.experience.current_experience]
