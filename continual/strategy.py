@@ -15,6 +15,8 @@ parts are replaced, each for a reason:
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils.detection_dataset import make_detection_dataset
@@ -172,8 +174,10 @@ def fit(host, params: list[nn.Parameter], data: CocoDetection, phrases: list[str
     record = RecordPlugin(progress)
     plugins = [record] + ([_Every(every, callback)] if callback else [])
     device = next(host.parameters()).device
-    strategy = StreamStrategy(model=HostDetector(host), device=device, plugins=plugins,
-                              evaluator=EvaluationPlugin(loggers=[]))
+    with warnings.catch_warnings():  # no metrics or loggers wanted here; Avalanche warns about that
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(loggers=[])
+    strategy = StreamStrategy(model=HostDetector(host), device=device, plugins=plugins, evaluator=evaluator)
     torch.manual_seed(cfg.seed)
     strategy.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     strategy.model.phrases = list(phrases)
