@@ -143,7 +143,7 @@ def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
     return sum(weights.values()) + activations + grads + state
 
 
-def count_only(host, rows, batch: int, device: torch.device, progress) -> list[dict]:
+def count_only(host, rows, device: torch.device, progress) -> list[dict]:
     """FLOPs and parameters alone (no timing): for input sizes too slow to time here."""
     pixels, _ = inputs(host, 1, device)
     host_gflops = gflops(host, pixels)
@@ -289,7 +289,7 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str, 
         keep = {m for m in args.only.split(",") if m} | {"full_ft"}
         selected = [r for r in ROWS if not args.only or r[0] in keep]
         if args.flops_only:
-            rows = count_only(host, selected, batch, device, progress)
+            rows = count_only(host, selected, device, progress)
             text = "\n".join(f"{r['method']} {r['variant']}: {r['gflops']:.3f} GFLOPs (x{r['flops_ratio']:.5f}), "
                              f"{r['trainable_params']:,} trainable ({r['fraction']:.4%})" for r in rows)
         else:

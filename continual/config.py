@@ -137,7 +137,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw)
         for item in overrides:  # one by one: update() also reaches list entries (stream.1.method=...)
-            key, _, value = _split_override(item)
+            key, value = _split_override(item)
             OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
         cfg: RunConfig = OmegaConf.to_object(merged)
     except (OmegaConfBaseException, TypeError, IndexError) as err:
@@ -147,7 +147,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
-def _split_override(item: str) -> tuple[str, str, str]:
+def _split_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"command line: {item!r} is not key=value (e.g. train.steps=50)")
@@ -155,7 +155,7 @@ def _split_override(item: str) -> tuple[str, str, str]:
         _check_keys(OmegaConf.to_container(OmegaConf.from_dotlist([item])), RunConfig, "", "command line")
     except OmegaConfBaseException as err:
         raise ConfigError(f"command line: bad override {item!r} ({str(err).splitlines()[0]})") from err
-    return key, sep, value
+    return key, value
 
 
 def to_yaml(cfg: RunConfig) -> str:

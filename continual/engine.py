@@ -68,6 +68,8 @@ class Workspace:
     device: torch.device
     progress: bool = True
     memo: dict[str, dict] = field(default_factory=dict)
+    # The frozen base every key starts from, hashed once: the host's weights and the starting modules.
+    base_identity: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
@@ -82,13 +84,13 @@ class Workspace:
                 host.prompts(task.phrases)
             except DataError as err:
                 raise DataError(f"task {name!r} ({cfg.tasks[name].data}): {err}") from err
-        return cls(cfg, host, tasks, device, progress)
+        identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
+        return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
     def key(self, *parts) -> str:
         """Identity of a computation: the host, the starting modules, the evaluation settings and ``parts``."""
         cfg = self.cfg
-        payload = {"host": self.host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from],
-                   "policy": cfg.policy, "evaluate": cfg.evaluate, "held_out": cfg.held_out,
+        payload = {**self.base_identity, "policy": cfg.policy, "evaluate": cfg.evaluate, "held_out": cfg.held_out,
                    "data": asdict(cfg.data), "tasks": {n: asdict(cfg.tasks[n]) for n in sorted(self.tasks)},
                    "parts": parts}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -238,7 +240,7 @@ class StreamRun:
         held = {t: {"zero_shot": zero[t]["mAP"], "final": rows[-1][t]["mAP"],
                     "after_each": [row[t]["mAP"] for row in rows]} for t in held_out}
         return {
-            "name": self.name, "host": self.ws.host.source, "host_fingerprint": self.ws.host.fingerprint(),
+            "name": self.name, "host": self.ws.host.source, "host_fingerprint": self.ws.base_identity["host"],
             "policy": self.ws.cfg.policy, "evaluate": self.ws.cfg.evaluate,
             "tasks": tasks, "methods": [s.method for s in self.steps], "held_out": held,
             "zero_shot": zero_shot, "matrix": matrix,

@@ -53,27 +53,32 @@ class HostDetector(nn.Module):
 
 
 class HostInputs(Dataset):
-    """A COCO split as (pixels, target) pairs of tensors, as Avalanche moves them to the device."""
+    """A COCO split as (pixels, target) pairs of tensors, as Avalanche moves them to the device.
+
+    Targets are built once (Avalanche keeps them as the dataset's targets too);
+    images are read at every visit.
+    """
 
     def __init__(self, data: CocoDetection, to_pixels):
         self.data = data
         self.to_pixels = to_pixels
+        self.targets = [self._target(i) for i in range(len(data))]
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def target(self, index: int) -> dict:
+    def _target(self, index: int) -> dict:
         t = self.data.target(index)
         return {"image_id": torch.tensor(t["image_id"]), "class_labels": t["class_labels"], "boxes": t["boxes"],
                 "size": torch.tensor(t["size"])}
 
     def __getitem__(self, index: int):
-        return self.to_pixels([self.data.open_image(index)])[0], self.target(index)
+        return self.to_pixels([self.data.open_image(index)])[0], self.targets[index]
 
 
 def detection_dataset(data: CocoDetection, to_pixels, task_label: int):
     inputs = HostInputs(data, to_pixels)
-    return make_detection_dataset(inputs, task_labels=task_label, targets=[inputs.target(i) for i in range(len(inputs))],
+    return make_detection_dataset(inputs, task_labels=task_label, targets=inputs.targets,
                                   collate_fn=detection_collate_fn)
 
 

@@ -81,8 +81,9 @@ class _ImageTrunk(_Trunk):
         if self.store:
             for i, k in enumerate(keys):
                 item = ([(f[i].clone(), m[i].clone()) for f, m in out], [p[i].clone() for p in pos])
-                if self.budget[0] >= _nbytes(item):
-                    self.budget[0] -= _nbytes(item)
+                size = _nbytes(item)
+                if self.budget[0] >= size:
+                    self.budget[0] -= size
                     self.entries[k] = item
         return out, pos
 
@@ -98,8 +99,9 @@ class _TextTrunk(_Trunk):
         self.misses += 1
         out = self.compute(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            position_ids=position_ids, **kwargs)
-        if self.store and self.budget[0] >= _nbytes(dict(out)):
-            self.budget[0] -= _nbytes(dict(out))
+        size = _nbytes(dict(out)) if self.store else 0
+        if self.store and self.budget[0] >= size:
+            self.budget[0] -= size
             self.entries[key] = out
         return out
 

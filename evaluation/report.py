@@ -103,9 +103,10 @@ def load_runs(run_dir: Path) -> dict[str, dict]:
 def comparison(run_dirs: list[Path]) -> str:
     rows = []
     for run_dir in run_dirs:
-        for name, r in load_runs(run_dir).items():
+        runs = load_runs(run_dir)
+        for name, r in runs.items():
             d = r["derived"]
-            label = str(run_dir) if len(load_runs(run_dir)) == 1 else f"{run_dir}/{name}"
+            label = str(run_dir) if len(runs) == 1 else f"{run_dir}/{name}"
             rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
                          _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_map"]), _f(d["new_map"]),
                          _f(d["hap"])])
