@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from continual.faults import crash_point
 
@@ -46,3 +50,30 @@ def write_files(folder: str | Path, files: dict[str, bytes | str]) -> None:
     """Write {relative path: content} under ``folder``, each file atomically."""
     for name, content in files.items():
         write_bytes(Path(folder) / name, content.encode() if isinstance(content, str) else content)
+
+
+@contextmanager
+def replaced_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling to fill; when the block ends normally it takes ``folder``'s place.
+
+    A crash leaves the old folder (or, for an instant during the swap, its
+    backup beside it), never a half-written one under the name.
+    """
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()  # not mkdtemp: the folder keeps the umask's permissions once renamed
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot write ({err.strerror or err})") from err
+    try:
+        yield tmp
+        if folder.exists():
+            old = folder.with_name(f"{tmp.name}-old")
+            os.rename(folder, old)
+            os.rename(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

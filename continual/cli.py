@@ -157,13 +157,16 @@ def cmd_compare(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from continual.pretrain import PretrainConfig, default_train_config, pretrain
+    from omegaconf import OmegaConf
 
-    train_cfg = default_train_config()
-    train_cfg.steps, train_cfg.lr, train_cfg.seed, train_cfg.batch_size = args.steps, args.lr, args.seed, args.batch_size
-    cfg = PretrainConfig(train=train_cfg, train_images=args.train_images)
-    record = pretrain(Path(args.out), cfg, progress=_progress())
-    print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f} after {record['minutes']:.1f} min")
+    from continual.config import apply_overrides
+    from continual.pretrain import PretrainConfig, pretrain
+
+    cfg = apply_overrides(OmegaConf.structured(PretrainConfig), args.overrides, PretrainConfig, "command line")
+    record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress())
+    minutes = sum(s["minutes"] for s in record["stages"][-len(args.stage or cfg.stages):])
+    print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f}, zero-shot aquarium mAP "
+          f"{record['zero_shot']['synthetic:aquarium']['mAP']:.3f}, after {minutes:.1f} min")
     return 0
 
 
@@ -243,13 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     co.set_defaults(func=cmd_compare)
 
-    pt = sub.add_parser("pretrain", help="pretrain the tiny host on the base world")
-    pt.add_argument("--out", required=True, help="folder for the checkpoint")
-    pt.add_argument("--steps", type=int, default=10000)
-    pt.add_argument("--lr", type=float, default=3e-4)
-    pt.add_argument("--batch-size", type=int, default=8)
-    pt.add_argument("--train-images", type=int, default=6000)
-    pt.add_argument("--seed", type=int, default=2)
+    pt = sub.add_parser("pretrain", help="pretrain the tiny host (the shipped checkpoint's recipe)",
+                        description="Stage `shapes` trains a random tiny host on the base world; stage `scenes` "
+                                    "goes on with the same shapes on every world's backgrounds. pretrain.json "
+                                    "beside the checkpoint records every stage.")
+    pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends)")
+    pt.add_argument("--from", dest="start", metavar="CHECKPOINT",
+                    help="go on from this checkpoint (e.g. builtin:tiny-base) instead of random weights")
+    pt.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
+    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="settings, e.g. stages.scenes.train.steps=500 stages.shapes.train_images=1000 eval_every=0")
     pt.set_defaults(func=cmd_pretrain)
 
     da = sub.add_parser("data", help="list the synthetic worlds, or write them (COCO layout) and print their folders")

@@ -136,23 +136,32 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     _check_keys(OmegaConf.to_container(raw), RunConfig, "", str(path))
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw)
-        for item in overrides:  # one by one: update() also reaches list entries (stream.1.method=...)
-            key, value = _split_override(item)
-            OmegaConf.update(merged, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
-        cfg: RunConfig = OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, TypeError, IndexError) as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{path}: bad value for {key!r}: {str(err).splitlines()[0]}") from err
+    except (OmegaConfBaseException, TypeError) as err:
+        raise ConfigError(f"{path}: bad value for {getattr(err, 'full_key', None) or '?'!r}: "
+                          f"{str(err).splitlines()[0]}") from err
+    cfg: RunConfig = apply_overrides(merged, overrides, RunConfig, str(path))
     validate(cfg, str(path))
     return cfg
 
 
-def _split_override(item: str) -> tuple[str, str]:
+def apply_overrides(base: DictConfig, overrides: list[str] | tuple[str, ...], schema: type, where: str) -> Any:
+    """``base`` with ``key=value`` overrides applied, as a ``schema`` object; ConfigError on any fault."""
+    try:
+        for item in overrides:  # one by one: update() also reaches list entries (stream.1.method=...)
+            key, value = _split_override(item, schema)
+            OmegaConf.update(base, key, OmegaConf.from_dotlist([f"value={value}"])["value"], merge=True)
+        return OmegaConf.to_object(base)
+    except (OmegaConfBaseException, TypeError, IndexError) as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{where}: bad value for {key!r}: {str(err).splitlines()[0]}") from err
+
+
+def _split_override(item: str, schema: type) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"command line: {item!r} is not key=value (e.g. train.steps=50)")
     try:
-        _check_keys(OmegaConf.to_container(OmegaConf.from_dotlist([item])), RunConfig, "", "command line")
+        _check_keys(OmegaConf.to_container(OmegaConf.from_dotlist([item])), schema, "", "command line")
     except OmegaConfBaseException as err:
         raise ConfigError(f"command line: bad override {item!r} ({str(err).splitlines()[0]})") from err
     return key, value

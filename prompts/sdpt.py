@@ -45,7 +45,7 @@ def inverse_projection(linear: nn.Linear) -> torch.Tensor:
 class SdptPrompts(PeftModule):
     method = "sdpt"
     Config = SdptConfig
-    default_lr = 0.01
+    default_lr = 0.3  # measured on the tiny host: 0.1 and 1.0 learn the aquarium world less in 300-600 steps
 
     def build(self, host) -> None:
         cfg = self.config

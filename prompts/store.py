@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from continual.atomic import replaced_folder
 from continual.faults import crash_point
 from prompts.base import METHODS, MethodError, PeftModule, build_module
 
@@ -45,10 +43,7 @@ def file_sha256(path: Path) -> str:
 
 def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
     """Write the module to ``folder`` atomically (a temporary sibling, then a rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with replaced_folder(folder) as tmp:
         config = {"peft_type": "CONTINUAL", "method": module.method, "config": module.config_dict(),
                   "task": module.task, "base_model_name_or_path": host.source}
         config.update(module.export_config())
@@ -61,12 +56,7 @@ def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
                   "sha256": file_sha256(tmp / WEIGHTS), **meta}
         (tmp / META).write_text(json.dumps(record, indent=2))
         crash_point("write:module")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -2,8 +2,9 @@
 
 A world is a set of categories (a phrase, a painter and a colour) on a
 background of its own. ``base`` is the COCO stand-in the tiny host is
-pretrained on; the others are novel worlds with new categories and looks
-(``aquarium`` is the Aquarium stand-in). Generation is deterministic: the same
+pretrained on, and ``base-scenes`` the same shapes on every world's
+backgrounds (the second pretraining stage); the others are novel worlds with
+new categories and looks (``aquarium`` is the Aquarium stand-in). Generation is deterministic: the same
 world, seed and sizes give byte-identical files.
 """
 from __future__ import annotations
@@ -108,18 +109,30 @@ def space_bg(rng, size):
     return _noisy(img, rng, 4)
 
 
+BACKGROUNDS = (plain_bg, water_bg, wood_bg, road_bg, outdoor_bg, space_bg)
+
+
+def any_bg(rng, size):
+    """One of the worlds' backgrounds, drawn per image."""
+    return BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))](rng, size)
+
+
 C = CategorySpec
 RED, GREEN, BLUE, YELLOW, PURPLE, ORANGE = (220, 40, 40), (40, 170, 60), (40, 80, 220), (235, 205, 40), (140, 60, 170), (240, 140, 30)
 
+BASE_CATEGORIES = (
+    C("red circle", shapes.circle, RED), C("blue circle", shapes.circle, BLUE),
+    C("green square", shapes.square, GREEN), C("yellow square", shapes.square, YELLOW),
+    C("red triangle", shapes.triangle, RED), C("green triangle", shapes.triangle, GREEN),
+    C("blue star", shapes.star, BLUE), C("yellow star", shapes.star, YELLOW),
+    C("purple ring", shapes.ring, PURPLE), C("orange ring", shapes.ring, ORANGE),
+    C("purple cross", shapes.cross, PURPLE), C("orange cross", shapes.cross, ORANGE),
+)
+
 WORLDS: dict[str, World] = {w.name: w for w in (
-    World("base", "coloured geometric shapes on grey: the pretraining (COCO stand-in) world", (
-        C("red circle", shapes.circle, RED), C("blue circle", shapes.circle, BLUE),
-        C("green square", shapes.square, GREEN), C("yellow square", shapes.square, YELLOW),
-        C("red triangle", shapes.triangle, RED), C("green triangle", shapes.triangle, GREEN),
-        C("blue star", shapes.star, BLUE), C("yellow star", shapes.star, YELLOW),
-        C("purple ring", shapes.ring, PURPLE), C("orange ring", shapes.ring, ORANGE),
-        C("purple cross", shapes.cross, PURPLE), C("orange cross", shapes.cross, ORANGE),
-    ), plain_bg),
+    World("base", "coloured geometric shapes on grey: the pretraining (COCO stand-in) world", BASE_CATEGORIES, plain_bg),
+    World("base-scenes", "the base shapes on every world's backgrounds: the second pretraining stage",
+          BASE_CATEGORIES, any_bg),
     World("aquarium", "sea creatures in blue water: the Aquarium stand-in", (
         C("fish", shapes.fish, (250, 150, 40)), C("jellyfish", shapes.jellyfish, (240, 170, 220)),
         C("starfish", shapes.starfish, (230, 90, 70)), C("shark", shapes.shark, (150, 160, 170)),
@@ -147,6 +160,10 @@ WORLDS: dict[str, World] = {w.name: w for w in (
         C("satellite", shapes.satellite, (190, 190, 110)),
     ), space_bg),
 )}
+
+
+PRETRAINING_WORLDS = ("base", "base-scenes")
+NOVEL_WORLDS = tuple(name for name in WORLDS if name not in PRETRAINING_WORLDS)
 
 
 def get_world(name: str) -> World:

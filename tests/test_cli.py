@@ -44,18 +44,39 @@ def test_bad_input_is_one_line_error_not_a_traceback(tmp_path):
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
 
 
-def test_pretrain_command_writes_a_loadable_checkpoint(tmp_path):
-    env_cache = {"CONTINUAL_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([CONTINUAL, "pretrain", "--out", str(tmp_path / "ckpt"), "--steps", "3",
-                          "--train-images", "16"], capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, **env_cache})
-    assert out.returncode == 0, out.stderr[-2000:]
+TINY_PRETRAIN = ["stages.shapes.train.steps=3", "stages.shapes.train_images=16", "stages.scenes.train.steps=2",
+                 "stages.scenes.train_images=16", "val_images=8", "eval_every=0"]
+
+
+def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTINUAL_CACHE", str(tmp_path / "cache"))
+    first = _run("pretrain", "--out", str(tmp_path / "shapes"), "--stage", "shapes", *TINY_PRETRAIN)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _run("pretrain", "--out", str(tmp_path / "ckpt"), "--from", str(tmp_path / "shapes"),
+                 "--stage", "scenes", *TINY_PRETRAIN)
+    assert again.returncode == 0, again.stderr[-2000:]
     record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
-    assert record["config"]["train"]["steps"] == 3 and "mAP" in record["base_val"]
+    assert [(s["name"], s["world"], s["train"]["steps"]) for s in record["stages"]] == [
+        ("shapes", "base", 3), ("scenes", "base-scenes", 2)]  # the earlier stage's record is carried over
+    assert record["started_from"] == str(tmp_path / "shapes") and "mAP" in record["base_val"]
     assert set(record["zero_shot"]) == {"synthetic:aquarium", "synthetic:fruit", "synthetic:vehicles",
                                         "synthetic:signs", "synthetic:space"}
-    again = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
-    assert again.returncode == 0, again.stderr[-2000:]
+    from continual.hosts.grounding_dino import GroundingDinoHost
+    scales = [layer.fusion_layer.vision_param for layer in
+              GroundingDinoHost.from_pretrained(tmp_path / "ckpt").model.model.encoder.layers]
+    assert all(abs(s.mean().item() - 0.1) < 0.01 for s in scales)  # set to 0.1, then two small steps
+    evaluated = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "scenery"], "unknown stage(s) ['scenery']; stages are shapes, scenes"),
+    (["stages.scenes.trian.steps=3"], "unknown config key 'stages.scenes.trian'; did you mean 'train'?"),
+])
+def test_pretrain_refuses_unknown_stages_and_keys(tmp_path, args, message):
+    out = _run("pretrain", "--out", str(tmp_path / "ckpt"), *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_run_smoke_config_then_report_and_compare(tmp_path):

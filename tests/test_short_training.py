@@ -1,8 +1,8 @@
 """A short training on the aquarium world against the base checkpoint's zero-shot mAP, through the engine.
 
-Measured on 2 CPU cores (see the issue notes): the base checkpoint's zero-shot
-aquarium mAP is 0.0006; an Adapter (600 steps, about 75 s) reaches 0.04; SDPT
-stays at noise level; the cause is open (see the issue notes).
+Measured on 2 CPU cores (see the issue notes): the shipped checkpoint's
+zero-shot aquarium mAP is 0.022; 300 steps at each method's default learning
+rate take 20-30 s and reach about 0.15 (SDPT) and 0.10 (Adapter).
 """
 import json
 
@@ -13,14 +13,10 @@ from continual.config import DataConfig, RunConfig, StepConfig, TaskConfig, vali
 from continual.training import TrainConfig
 
 
-@pytest.mark.parametrize("method, steps", [
-    ("adapter", 600),
-    pytest.param("sdpt", 300, marks=pytest.mark.xfail(strict=True, reason="SDPT does not yet learn the aquarium "
-                                                                           "world on the tiny host (open)")),
-])
-def test_short_training_beats_zero_shot(tmp_path, method, steps):
+@pytest.mark.parametrize("method", ["sdpt", "adapter"])
+def test_short_training_beats_zero_shot(tmp_path, method):
     cfg = RunConfig(name=method, run_dir=str(tmp_path / method), data=DataConfig(),
-                    train=TrainConfig(steps=steps), tasks={"aquarium": TaskConfig(data="synthetic:aquarium")},
+                    train=TrainConfig(steps=300), tasks={"aquarium": TaskConfig(data="synthetic:aquarium")},
                     stream=[StepConfig(task="aquarium", method=method)])
     validate(cfg, "test")
     results = json.loads((engine.run(cfg, progress=False) / "results.json").read_text())

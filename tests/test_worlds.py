@@ -2,7 +2,7 @@
 import filecmp
 
 from tasks.coco import read_coco_json
-from tasks.worlds import WORLDS, WorldSizes, world_folder
+from tasks.worlds import NOVEL_WORLDS, PRETRAINING_WORLDS, WORLDS, WorldSizes, world_folder
 
 
 def _same_tree(a, b):
@@ -33,11 +33,11 @@ def test_generated_once_then_cached(tmp_path):
 
 def test_world_catalogue():
     assert len(WORLDS["base"].categories) >= 12
-    novel = [w for w in WORLDS if w != "base"]
-    assert len(novel) >= 5
+    assert WORLDS["base-scenes"].categories == WORLDS["base"].categories
+    assert len(NOVEL_WORLDS) >= 5 and not set(NOVEL_WORLDS) & set(PRETRAINING_WORLDS)
     assert {"fish", "jellyfish", "starfish", "shark", "crab"} <= {c.name for c in WORLDS["aquarium"].categories}
-    names = [c.name for w in WORLDS.values() for c in w.categories]
-    assert len(names) == len(set(names))
+    names = [c.name for w in ("base", *NOVEL_WORLDS) for c in WORLDS[w].categories]
+    assert len(names) == len(set(names))  # a novel world shares no category with the base world
 
 
 def test_every_world_is_valid_coco(world_cache, small_sizes):

@@ -112,10 +112,7 @@ class GroundingDinoHost(nn.Module):
             return cls.build_tiny(image_size or 128)
         if source == "builtin:t-size":
             return cls.build_t_size(image_size or 800)
-        folder = BUILTIN_DIR / source.split(":", 1)[1] if source.startswith("builtin:") else Path(source)
-        if source.startswith("builtin:") and not folder.is_dir():
-            known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
-            raise HostError(f"unknown built-in checkpoint {source!r}; shipped: {known}")
+        folder = cls.local_folder(source)
         meta = json.loads((folder / "host.json").read_text()) if (folder / "host.json").is_file() else {}
         try:
             model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
@@ -127,6 +124,23 @@ class GroundingDinoHost(nn.Module):
                                                   else (folder if folder.exists() else source))
         size = image_size or meta.get("image_size") or 800
         return cls(model.eval(), tokenizer, size, source)
+
+    @staticmethod
+    def local_folder(source: str | Path) -> Path | None:
+        """The folder a checkpoint source names (a shipped one for ``builtin:NAME``); None for built hosts.
+
+        A Hugging Face id gives a path that does not exist; from_pretrained then asks the hub.
+        """
+        source = str(source)
+        if source in ("builtin:tiny", "builtin:t-size"):
+            return None
+        if not source.startswith("builtin:"):
+            return Path(source)
+        folder = BUILTIN_DIR / source.split(":", 1)[1]
+        if not folder.is_dir():
+            known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
+            raise HostError(f"unknown built-in checkpoint {source!r}; shipped: {known}")
+        return folder
 
     @classmethod
     def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
