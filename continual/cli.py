@@ -164,9 +164,8 @@ def cmd_pretrain(args) -> int:
 
     cfg = apply_overrides(OmegaConf.structured(PretrainConfig), args.overrides, PretrainConfig, "command line")
     record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress())
-    minutes = sum(s["minutes"] for s in record["stages"][-len(args.stage or cfg.stages):])
     print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f}, zero-shot aquarium mAP "
-          f"{record['zero_shot']['synthetic:aquarium']['mAP']:.3f}, after {minutes:.1f} min")
+          f"{record['zero_shot']['synthetic:aquarium']['mAP']:.3f}")
     return 0
 
 

@@ -75,7 +75,7 @@ def earlier_stages(source: str) -> list[dict]:
     """The stage records of the checkpoint we start from (none for a host without a pretrain.json)."""
     folder = GroundingDinoHost.local_folder(source)
     path = folder / RECORD if folder else None
-    return json.loads(path.read_text())["stages"] if path and path.is_file() else []
+    return json.loads(path.read_text()).get("stages", []) if path and path.is_file() else []
 
 
 def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only: list[str] | None = None,
@@ -127,5 +127,6 @@ def run_stage(host: GroundingDinoHost, name: str, stage: PretrainStage, cfg: Pre
     log.info("stage %s: %d steps on synthetic:%s", name, stage.train.steps, stage.world)
     params = [p for p in host.parameters() if p.requires_grad]
     fit(host, params, task.train, task.phrases, stage.train, progress, every=cfg.eval_every, callback=evaluate)
-    return {"name": name, **asdict(stage), "minutes": (time.time() - start) / 60, "history": history,
-            "val": dict(last)}
+    minutes = (time.time() - start) / 60
+    log.info("stage %s done in %.1f min: %s val mAP %.3f", name, minutes, stage.world, last["mAP"])
+    return {"name": name, **asdict(stage), "minutes": minutes, "history": history, "val": dict(last)}
