@@ -173,8 +173,9 @@ def cmd_data(args) -> int:
     from tasks.worlds import WORLDS, WorldSizes, world_folder
 
     if not args.worlds:
+        width = max(map(len, WORLDS))
         for name, world in WORLDS.items():
-            print(f"synthetic:{name:<10} {len(world.categories):>2} categories  {world.description}")
+            print(f"synthetic:{name:<{width}} {len(world.categories):>2} categories  {world.description}")
         return 0
     sizes = WorldSizes(train=args.train, val=args.val)
     for name in args.worlds:
