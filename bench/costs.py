@@ -266,8 +266,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return head + "\n".join(lines) + f"\n\nPlain host: {rows[0]['host_gflops']:.3f} GFLOPs per image.\n"
 
 
-def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str, dict]:
-    """Rows, their text (JSON or markdown) and the run's settings for one host."""
+def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
+    """Rows and their text (markdown or one line per row) for one host; also written under --out."""
     source = "builtin:tiny-base" if name == "tiny" else "builtin:t-size"
     host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size if name == "t-size" else None)
     host.to(device)
@@ -305,7 +305,7 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str, 
         (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         if not (args.stack_scaling or args.flops_only):
             (out / f"{stem}.md").write_text(text)
-    return rows, text, meta
+    return rows, text
 
 
 def main(argv=None) -> int:
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
                           else "cpu" if args.device == "auto" else args.device)
     all_rows, texts = [], []
     for name in (["tiny", "t-size"] if args.host == "both" else [args.host]):
-        rows, text, _ = bench_host(name, args, device)
+        rows, text = bench_host(name, args, device)
         all_rows += rows
         texts.append(text)
     print(json.dumps(all_rows, indent=2) if args.json else "\n\n".join(texts))

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.logging import TensorboardLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
+from omegaconf import OmegaConf
 
 from continual import atomic
 from continual.config import NO_MODULE, RunConfig, StepConfig, step_train_config, to_yaml

@@ -74,8 +74,9 @@ def set_fusion_layer_scale(host: GroundingDinoHost, value: float) -> None:
 def earlier_stages(source: str) -> list[dict]:
     """The stage records of the checkpoint we start from (none for a host without a pretrain.json)."""
     folder = GroundingDinoHost.local_folder(source)
-    path = folder / RECORD if folder else None
-    return json.loads(path.read_text()).get("stages", []) if path and path.is_file() else []
+    if folder is None or not (folder / RECORD).is_file():
+        return []
+    return json.loads((folder / RECORD).read_text()).get("stages", [])
 
 
 def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only: list[str] | None = None,

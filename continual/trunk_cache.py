@@ -54,6 +54,13 @@ class _Trunk:
     def remove(self) -> None:
         del self.module.forward
 
+    def keep(self, key, item) -> None:
+        """Cache ``item`` under ``key`` while the shared memory budget allows."""
+        size = _nbytes(item)
+        if self.budget[0] >= size:
+            self.budget[0] -= size
+            self.entries[key] = item
+
     def compute(self, *args, **kwargs):
         was_training = self.module.training
         self.module.eval()
@@ -80,11 +87,7 @@ class _ImageTrunk(_Trunk):
         out, pos = self.compute(pixel_values, pixel_mask)
         if self.store:
             for i, k in enumerate(keys):
-                item = ([(f[i].clone(), m[i].clone()) for f, m in out], [p[i].clone() for p in pos])
-                size = _nbytes(item)
-                if self.budget[0] >= size:
-                    self.budget[0] -= size
-                    self.entries[k] = item
+                self.keep(k, ([(f[i].clone(), m[i].clone()) for f, m in out], [p[i].clone() for p in pos]))
         return out, pos
 
 
@@ -99,10 +102,8 @@ class _TextTrunk(_Trunk):
         self.misses += 1
         out = self.compute(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            position_ids=position_ids, **kwargs)
-        size = _nbytes(dict(out)) if self.store else 0
-        if self.store and self.budget[0] >= size:
-            self.budget[0] -= size
-            self.entries[key] = out
+        if self.store:
+            self.keep(key, out)
         return out
 
 

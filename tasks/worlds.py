@@ -4,8 +4,8 @@ A world is a set of categories (a phrase, a painter and a colour) on a
 background of its own. ``base`` is the COCO stand-in the tiny host is
 pretrained on, and ``base-scenes`` the same shapes on every world's
 backgrounds (the second pretraining stage); the others are novel worlds with
-new categories and looks (``aquarium`` is the Aquarium stand-in). Generation is deterministic: the same
-world, seed and sizes give byte-identical files.
+new categories and looks (``aquarium`` is the Aquarium stand-in). Generation
+is deterministic: the same world, seed and sizes give byte-identical files.
 """
 from __future__ import annotations
 

@@ -48,3 +48,16 @@ def test_every_world_is_valid_coco(world_cache, small_sizes):
             assert len(coco["images"]) == count
             assert [c["name"] for c in coco["categories"]] == [c.name for c in world.categories]
             assert coco["annotations"], f"{name}/{split} has no objects"
+
+
+def test_base_scenes_draws_every_background():
+    import numpy as np
+
+    from tasks.worlds import BACKGROUNDS, any_bg, plain_bg
+
+    assert WORLDS["base-scenes"].background is any_bg
+    rng = np.random.default_rng(0)
+    corners = {tuple(int(c) // 64 for c in any_bg(rng, 16)[0, 0]) for _ in range(60)}
+    assert len(corners) >= len(BACKGROUNDS) - 1  # road and plain may share a coarse grey bin
+    plain = {tuple(int(c) // 64 for c in plain_bg(rng, 16)[0, 0]) for _ in range(60)}
+    assert len(plain) <= 2
