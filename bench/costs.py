@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import continual  # noqa: E402,F401  (torchvision shim)
+from continual.hosts.base import Batch  # noqa: E402
 from continual.hosts.grounding_dino import GroundingDinoHost  # noqa: E402
 from prompts import Stack, build_module, parameter_counts  # noqa: E402
 
@@ -88,7 +89,7 @@ def autocast(device: torch.device):
 @torch.no_grad()
 def gflops(host, pixels) -> float:
     with FlopCounterMode(display=False) as counter, autocast(pixels.device):
-        host._forward(pixels[:1], host.prompts(PHRASES)[0])
+        host.raw_outputs(pixels[:1], host.prompts(PHRASES)[0])
     return counter.get_total_flops() / 1e9
 
 
@@ -98,7 +99,7 @@ def forward_seconds(host, pixels) -> float:
     sync(pixels.device)
     start = time.perf_counter()
     with autocast(pixels.device):
-        host._forward(pixels, prompt)
+        host.raw_outputs(pixels, prompt)
     sync(pixels.device)
     return time.perf_counter() - start
 
@@ -107,7 +108,7 @@ def train_step(host, params, optimizer, pixels, targets) -> float:
     sync(pixels.device)
     start = time.perf_counter()
     with autocast(pixels.device):
-        loss, _ = host.loss(pixels, PHRASES, targets)
+        loss, _ = host.loss(Batch("detection", pixels, PHRASES, targets=targets))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -131,7 +132,7 @@ def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = host.loss(pixels, PHRASES, targets)
+        loss, _ = host.loss(Batch("detection", pixels, PHRASES, targets=targets))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -32,7 +32,9 @@ def _progress() -> bool:
 
 
 def _format_metrics(rows: dict[str, dict]) -> str:
-    names = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+    first = next(iter(rows.values()))
+    names = [n for n in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100") if n in first] \
+        or [n for n in first if n != "images"]
     header = f"{'task':<24}" + "".join(f"{n:>8}" for n in names)
     lines = [header, "-" * len(header)]
     for task, metrics in rows.items():
@@ -41,8 +43,8 @@ def _format_metrics(rows: dict[str, dict]) -> str:
 
 
 def cmd_eval(args) -> int:
-    from continual.detect import evaluate_task
-    from continual.hosts.grounding_dino import GroundingDinoHost
+    from continual.evaluate import evaluate_task
+    from continual.hosts.base import build_host
     from tasks.task import list_tasks, load_task
 
     if args.list_tasks:
@@ -50,11 +52,14 @@ def cmd_eval(args) -> int:
         return 0
     if not args.task:
         raise SystemExit("continual eval: --task is required (see --list-tasks)")
-    host = GroundingDinoHost.from_pretrained(args.checkpoint)
+    host = build_host(args.checkpoint)
+    kind = args.kind or host.task_kinds[0]
+    host.check_task_kind(kind)
     results = {}
     for spec in args.task:
-        task = load_task(spec, seed=args.seed)
-        results[spec] = evaluate_task(host, task.val, task.phrases, batch_size=args.batch_size, progress=_progress())
+        task = load_task(spec, seed=args.seed, kind=kind, template=args.template)
+        host.check_phrases(task.phrases)
+        results[spec] = evaluate_task(host, task, batch_size=args.batch_size, progress=_progress())
     if args.json:
         print(json.dumps(results[args.task[0]] if len(args.task) == 1 else results, indent=2))
     else:
@@ -63,14 +68,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_hosts(args) -> int:
+    from continual.hosts.base import HOSTS, _register_builtin_hosts
+
+    _register_builtin_hosts()
+    rows = [{"name": name, **cls.describe()} for cls in HOSTS.values() for name in cls.describe_builtins()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['kind']:<16} tasks: {', '.join(r['task_kinds'])}; sites: {', '.join(r['site_kinds'])}")
+    return 0
+
+
 def cmd_methods(args) -> int:
-    from continual.hosts.grounding_dino import GroundingDinoHost
+    from continual.hosts.base import build_host
     from prompts import METHODS, build_module, parameter_counts
 
-    host = GroundingDinoHost.from_pretrained(args.checkpoint)
+    host = build_host(args.checkpoint)
     rows = []
     for method in sorted(METHODS):
-        module = build_module(method).attach(host)
+        module = build_module(method)
+        if not set(module.required_sites()) <= set(host.site_kinds):
+            continue  # needs sites this host lacks (SDPT needs fusion layers)
+        module.attach(host)
         rows.append({"method": method, **parameter_counts(host, module), "config": module.config_dict()})
         module.detach()
     if args.json:
@@ -105,7 +126,7 @@ def cmd_train(args) -> int:
     module = results["modules"][0]
     summary = {"method": args.method, "task": args.task, "steps": args.steps, "lr": module["train"]["lr"],
                "train_seconds": round(timing["steps"][0]["train_seconds"], 1),
-               "before": results["coco"]["zero_shot"][name], "after": results["coco"]["rows"][0][name],
+               "before": results["metrics"]["zero_shot"][name], "after": results["metrics"]["rows"][0][name],
                "final_loss": module["final_loss"], "module": str(run_dir / module["folder"]), "run_dir": str(run_dir)}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -162,10 +183,12 @@ def cmd_pretrain(args) -> int:
     from continual.config import apply_overrides
     from continual.pretrain import PretrainConfig, pretrain
 
-    cfg = apply_overrides(OmegaConf.structured(PretrainConfig), args.overrides, PretrainConfig, "command line")
+    base = OmegaConf.structured(PretrainConfig.for_host(args.host))
+    cfg = apply_overrides(base, args.overrides, PretrainConfig, "command line")
     record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress())
-    print(f"saved {args.out}: base val mAP {record['base_val']['mAP']:.3f}, zero-shot aquarium mAP "
-          f"{record['zero_shot']['synthetic:aquarium']['mAP']:.3f}")
+    metric = next(iter(record["base_val"]))
+    print(f"saved {args.out}: base val {metric} {record['base_val'][metric]:.3f}; zero-shot "
+          + ", ".join(f"{w.split(':')[1]} {m[metric]:.3f}" for w, m in record["zero_shot"].items()))
     return 0
 
 
@@ -194,15 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("eval", help="COCO metrics of a checkpoint on tasks")
+    ev = sub.add_parser("eval", help="a checkpoint's metrics on tasks (COCO mAP, top-1 accuracy)")
     ev.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                    help="builtin:tiny-base, builtin:tiny, a save_pretrained folder or a HF id (default %(default)s)")
+                    help="builtin:tiny-base, builtin:tiny-clip, a save_pretrained folder or a HF id (default %(default)s)")
     ev.add_argument("--task", action="append", help="synthetic:WORLD, coco:FOLDER or a folder; repeatable")
+    ev.add_argument("--kind", choices=["detection", "classification"],
+                    help="task kind (default: the host's first: detection for Grounding DINO, classification for "
+                         "a dual encoder)")
+    ev.add_argument("--template", default="a photo of a {}.", help="class sentence for classification ({} = class)")
     ev.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     ev.add_argument("--json", action="store_true", help="print JSON (one object for one task)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
     ev.set_defaults(func=cmd_eval)
+
+    ho = sub.add_parser("hosts", help="the built-in hosts: kind, task kinds, site kinds")
+    ho.add_argument("--json", action="store_true", help="print a JSON list")
+    ho.set_defaults(func=cmd_hosts)
 
     me = sub.add_parser("methods", help="the PEFT methods with their parameter costs on a host")
     me.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
@@ -246,10 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     co.set_defaults(func=cmd_compare)
 
-    pt = sub.add_parser("pretrain", help="pretrain the tiny host (the shipped checkpoint's recipe)",
-                        description="Stage `shapes` trains a random tiny host on the base world; stage `scenes` "
-                                    "goes on with the same shapes on every world's backgrounds. pretrain.json "
-                                    "beside the checkpoint records every stage.")
+    pt = sub.add_parser("pretrain", help="pretrain a tiny host (the shipped checkpoints' recipes)",
+                        description="Grounding DINO (builtin:tiny-base): stage `shapes` trains a random tiny host on "
+                                    "the base world; stage `scenes` goes on with the same shapes on every world's "
+                                    "backgrounds. Dual encoder (builtin:tiny-clip): stage `captions` trains the ViT "
+                                    "and both projections contrastively on captioned object crops beside the frozen "
+                                    "MiniLM. pretrain.json beside the checkpoint records every stage.")
+    pt.add_argument("--host", choices=["grounding-dino", "dual-encoder"], default="grounding-dino",
+                    help="which tiny host to pretrain (default %(default)s)")
     pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends)")
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",
                     help="go on from this checkpoint (e.g. builtin:tiny-base) instead of random weights")
@@ -278,7 +313,7 @@ def _user_error(err: Exception) -> bool:
     from continual.atomic import OutputError
     from continual.config import ConfigError
     from continual.engine import RunError
-    from continual.hosts.grounding_dino import HostError
+    from continual.hosts.base import HostError
     from continual.plugins import IntegrityError
     from evaluation.forgetting import MetricsError
     from prompts import MethodError

@@ -42,8 +42,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    data: str = "???"  # synthetic:WORLD, coco:FOLDER or a COCO-layout folder
+    data: str = "???"  # synthetic:WORLD, coco:FOLDER, or a dataset folder of the task's kind
+    kind: str = "detection"  # or classification
     phrases: dict[str, str] = field(default_factory=dict)  # category name -> prompt phrase
+    shots: Optional[int] = None  # classification: K training images per class (seeded by data.seed)
+    template: str = "a photo of a {}."  # classification: the class sentence around each phrase
 
 
 @dataclass
@@ -194,9 +197,18 @@ def _check_train(where: str, prefix: str, train: TrainConfig) -> None:
               allow_zero=(f"{prefix}weight_decay", f"{prefix}warmup"))
 
 
+def _check_kind(where: str, at: str, kind: str, host) -> None:
+    if kind not in host.task_kinds:
+        raise ConfigError(f"{where}: {at}: a {kind} task, but the host is a {host.kind}, which supports "
+                          f"{', '.join(host.task_kinds)}")
+
+
 def validate(cfg: RunConfig, where: str) -> None:
     """Everything that can be checked before a model or a dataset is loaded."""
+    from continual.hosts.base import HostError, host_class
     from prompts import METHODS, MethodError, build_module
+    from prompts.base import check_sites
+    from tasks.task import TASK_KINDS
     from tasks.worlds import WORLDS
 
     if cfg.policy not in POLICIES:
@@ -210,14 +222,26 @@ def validate(cfg: RunConfig, where: str) -> None:
                       "checkpoint_every": cfg.checkpoint_every, "feature_cache_mb": cfg.feature_cache_mb},
               allow_zero=("checkpoint_every", "feature_cache_mb"))
     _check_train(where, "train.", cfg.train)
+    try:
+        host = host_class(cfg.host)
+    except HostError as err:
+        raise ConfigError(f"{where}: host: {err}") from err
     for name, task in cfg.tasks.items():
+        if task.kind not in TASK_KINDS:
+            raise ConfigError(f"{where}: tasks.{name}.kind: must be one of {TASK_KINDS}, got {task.kind!r}")
+        if task.shots is not None and (task.kind != "classification" or task.shots < 1):
+            raise ConfigError(f"{where}: tasks.{name}.shots: a positive number of images per class, for "
+                              f"classification tasks only (got {task.shots} on a {task.kind} task)")
+        if "{}" not in task.template:
+            raise ConfigError(f"{where}: tasks.{name}.template: must contain {{}} where the class phrase goes, "
+                              f"got {task.template!r}")
         if task.data.startswith("synthetic:"):
             world = task.data.split(":", 1)[1]
             if world not in WORLDS:
                 raise ConfigError(f"{where}: tasks.{name}.data: unknown world {world!r}{_nearest(world, WORLDS)}")
         elif not Path(task.data.removeprefix("coco:")).is_dir():
             raise ConfigError(f"{where}: tasks.{name}.data: {task.data!r} is neither synthetic:WORLD "
-                              f"({', '.join(WORLDS)}) nor an existing COCO-layout folder")
+                              f"({', '.join(WORLDS)}) nor an existing dataset folder")
     if cfg.stream and cfg.settings:
         raise ConfigError(f"{where}: give either `stream` (one stream) or `settings` (a study), not both")
     streams = cfg.streams()
@@ -234,18 +258,24 @@ def validate(cfg: RunConfig, where: str) -> None:
             if step.task in seen:
                 raise ConfigError(f"{where}: {at}.task: task {step.task!r} appears twice in {label}")
             seen.add(step.task)
+            _check_kind(where, f"{at}.task", cfg.tasks[step.task].kind, host)
             if step.method != NO_MODULE:
                 if step.method not in METHODS:
                     raise ConfigError(f"{where}: {at}.method: unknown method {step.method!r}"
                                       f"{_nearest(step.method, [*METHODS, NO_MODULE])}")
                 try:
-                    build_module(step.method, step.config)
+                    module = build_module(step.method, step.config)
                 except (MethodError, TypeError, ValueError) as err:
                     raise ConfigError(f"{where}: {at}.config: {err}") from err
+                try:
+                    check_sites(module, host.kind, host.site_kinds)
+                except MethodError as err:
+                    raise ConfigError(f"{where}: {at}.method: {err} (host {cfg.host})") from err
             _check_train(where, f"{at}.train.", step_train_config(cfg, step, where))
         for name in cfg.held_out:
             if name not in cfg.tasks:
                 raise ConfigError(f"{where}: held_out: unknown task {name!r}{_nearest(name, cfg.tasks)}")
+            _check_kind(where, "held_out", cfg.tasks[name].kind, host)
             if name in seen:
                 raise ConfigError(f"{where}: held_out: task {name!r} is also trained in {label}")
     for folder in cfg.start_from:

@@ -3,7 +3,9 @@
 For each step: train the task's new module on top of the stack (Avalanche
 strategy + stacking plugin, which checks that nothing frozen moved), save it
 to the run's module store, evaluate the tasks under the composition policy,
-write the matrix row and the run state atomically.
+write the matrix row and the run state atomically. ``StreamRun.run`` is that
+loop, whole; a step's plan (``StepPlan``) and what it produced
+(``StepRecord``) are small dataclasses, and the state file is a list of records.
 
 A study runs several streams (settings) on one host and one set of data. A
 step whose whole history matches one already run in the study (same host,
@@ -20,6 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from avalanche.evaluation.metrics import loss_metrics
@@ -29,16 +32,15 @@ from omegaconf import OmegaConf
 
 from continual import atomic
 from continual.config import NO_MODULE, RunConfig, StepConfig, step_train_config, to_yaml
-from continual.hosts.grounding_dino import GroundingDinoHost
-from continual.plugins import (CheckpointPlugin, CocoMetric, RecordPlugin, StackingPlugin, TrainingPlan,
-                               TrunkCachePlugin)
-from continual.strategy import HostDetector, StreamStrategy, build_benchmark
+from continual.hosts.base import Host, build_host
+from continual.plugins import CheckpointPlugin, RecordPlugin, StackingPlugin, TaskMetric, TrunkCachePlugin
+from continual.strategy import StepPlan, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
 from evaluation.summary import derived_metrics
 from prompts import METHODS, Stack, load_module, parameter_counts, save_module
 from tasks.errors import DataError
-from tasks.task import DetectionTask, load_task
+from tasks.task import Task, load_task
 from tasks.worlds import WorldSizes
 
 log = logging.getLogger(__name__)
@@ -63,27 +65,29 @@ class Workspace:
     """What the streams of one run share: the config, the host, the tasks, the reuse memo."""
 
     cfg: RunConfig
-    host: GroundingDinoHost
-    tasks: dict[str, DetectionTask]
+    host: Host
+    tasks: dict[str, Task]
     device: torch.device
     progress: bool = True
-    memo: dict[str, dict] = field(default_factory=dict)
+    memo: dict[str, "Done"] = field(default_factory=dict)
     # The frozen base every key starts from, hashed once: the host's weights and the starting modules.
     base_identity: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
         device = resolve_device(cfg.device)
-        host = GroundingDinoHost.from_pretrained(cfg.host).to(device)
+        host = build_host(cfg.host).to(device)
         sizes = WorldSizes(train=cfg.data.train_images, val=cfg.data.val_images, image_size=cfg.data.image_size)
         used = {s.task for steps in cfg.streams().values() for s in steps} | set(cfg.held_out)
-        tasks = {name: load_task(cfg.tasks[name].data, name=name, phrase_overrides=cfg.tasks[name].phrases,
-                                 seed=cfg.data.seed, sizes=sizes) for name in sorted(used)}
-        for name, task in tasks.items():  # phrases the text encoder cannot take fail now, not mid-stream
-            try:
-                host.prompts(task.phrases)
+        tasks = {}
+        for name in sorted(used):
+            spec = cfg.tasks[name]
+            tasks[name] = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=cfg.data.seed,
+                                    sizes=sizes, kind=spec.kind, shots=spec.shots, template=spec.template)
+            try:  # phrases the text encoder cannot take fail now, not mid-stream
+                host.check_phrases(tasks[name].phrases)
             except DataError as err:
-                raise DataError(f"task {name!r} ({cfg.tasks[name].data}): {err}") from err
+                raise DataError(f"task {name!r} ({spec.data}): {err}") from err
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
         return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
@@ -101,6 +105,51 @@ def _module_sha(folder: str) -> str:
     return json.loads(meta.read_text()).get("sha256", "") if meta.is_file() else str(folder)
 
 
+@dataclass
+class StepRecord:
+    """What one stream step produced; state.json holds one per finished step."""
+
+    index: int
+    task: str
+    method: str
+    config: dict
+    train: dict | None = None  # the TrainConfig it trained with (None: a `none` step)
+    module: str | None = None  # its folder under the run folder
+    trainable_params: int = 0
+    fraction: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    trunk_cache: dict = field(default_factory=dict)
+    train_seconds: float | None = None
+    metrics: dict[str, dict] = field(default_factory=dict)  # task -> every statistic of its evaluator
+    reused_from: str | None = None  # the study setting whose identical step this copies
+
+
+@dataclass
+class Done:
+    """A finished step (or zero-shot row) that another stream of the study may reuse."""
+
+    record: StepRecord | None
+    stream: str
+    run_dir: Path
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """The objects one stream run trains and evaluates with (built once per run)."""
+
+    stack: Stack
+    strategy: StreamStrategy
+    benchmark: Any
+    metric: TaskMetric
+    stacking: StackingPlugin
+    record: RecordPlugin
+    trunks: TrunkCachePlugin
+    checkpoints: CheckpointPlugin
+    tensorboard: TensorboardLogger
+
+
 class StreamRun:
     """One stream in one run folder."""
 
@@ -108,8 +157,7 @@ class StreamRun:
         self.ws, self.name, self.steps, self.run_dir = ws, name, steps, Path(run_dir)
         self.stream_tasks = [ws.tasks[s.task] for s in steps]
         self.eval_tasks = self.stream_tasks + [ws.tasks[n] for n in ws.cfg.held_out]
-        self.plans = {i: TrainingPlan(ws.tasks[s.task], s.method, dict(s.config), self.train_config(i, s))
-                      for i, s in enumerate(steps) if s.method != NO_MODULE}
+        self.train_configs = {i: self.train_config(i, s) for i, s in enumerate(steps) if s.method != NO_MODULE}
 
     def train_config(self, index: int, step: StepConfig) -> TrainConfig:
         cfg = step_train_config(self.ws.cfg, step)
@@ -119,149 +167,167 @@ class StreamRun:
 
     def step_key(self, index: int) -> str:
         history = [{"task": s.task, "method": s.method, "config": dict(s.config),
-                    "train": asdict(self.plans[i].train) if i in self.plans else None}
+                    "train": asdict(self.train_configs[i]) if i in self.train_configs else None}
                    for i, s in enumerate(self.steps[:index + 1])]
         return self.ws.key("step", history)
 
-    # -- running ----------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = self._load_state() if resume else {"zero_shot": None, "steps": []}
-        started, host = time.time(), self.ws.host
-        stack = Stack(host)
-        with self._logging() as text_log:
-            record = RecordPlugin(self.ws.progress)
-            metric = CocoMetric(self.eval_tasks)
-            stacking = StackingPlugin(stack, self.plans, self.eval_tasks, self.ws.cfg.policy)
-            tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
-            evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
-            self.checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, self.ws.cfg.checkpoint_every, stacking,
-                                                record)
-            trunks = TrunkCachePlugin(host, stack, self.ws.cfg.feature_cache, self.ws.cfg.feature_cache_mb)
-            strategy = StreamStrategy(model=HostDetector(host), device=self.ws.device,
-                                      plugins=[stacking, trunks, record, self.checkpoints],
-                                      evaluator=evaluator, eval_mb_size=self.ws.cfg.eval_batch_size)
-            benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
-                                        host.to_pixels)
-            try:
-                for folder in self.ws.cfg.start_from:
-                    stack.push(load_module(folder, host))
-                key = self.ws.key("zero-shot", [t.name for t in self.eval_tasks])
-                if state["zero_shot"] is not None:
-                    self.ws.memo.setdefault(key, {"metrics": state["zero_shot"]})
-                else:
-                    if key not in self.ws.memo:
-                        log.info("[%s] zero-shot row", self.name)
-                        self.ws.memo[key] = {"metrics": self._evaluate(strategy, benchmark, metric,
-                                                                       range(len(self.eval_tasks)))}
-                    state["zero_shot"] = self.ws.memo[key]["metrics"]
-                    self._save_state(state)
-                for index, step in enumerate(self.steps):
-                    if index < len(state["steps"]):  # finished before the resume
-                        done = state["steps"][index]
-                        if done["module"]:
-                            stack.push(load_module(self.run_dir / done["module"], host))
-                        self.ws.memo.setdefault(self.step_key(index),
-                                                done | {"stream": self.name, "run_dir": str(self.run_dir)})
-                        continue
-                    state["steps"].append(self._step(index, step, stack, strategy, benchmark, metric, stacking,
-                                                     record, trunks))
-                    self._save_state(state)
-            finally:
-                stack.clear()
-                tensorboard.writer.close()
-        results = self.results(state)
+        zero_shot, records = self._load_state() if resume else (None, [])
+        started = time.time()
+        with self._logging() as text_log, self._session(text_log) as session:
+            for folder in self.ws.cfg.start_from:
+                session.stack.push(load_module(folder, self.ws.host))
+            if zero_shot is None:
+                zero_shot = self._zero_shot(session)
+                self._save_state(zero_shot, records)
+            else:
+                self.ws.memo.setdefault(self._zero_shot_key(), Done(None, self.name, self.run_dir, zero_shot))
+            for index, step in enumerate(self.steps):
+                if index < len(records):  # finished before the resume: put its module back
+                    self._restore(records[index], session)
+                    continue
+                records.append(self._step(index, step, session))
+                self._save_state(zero_shot, records)
+            model_seconds = session.record.model_seconds
+        results = self.results(zero_shot, records)
         atomic.write_json(self.run_dir / RESULTS, results)
-        seconds = time.time() - started
-        atomic.write_json(self.run_dir / TIMING, {
-            "wall_seconds": seconds, "model_seconds": record.model_seconds,
-            "outside_model_fraction": 1 - record.model_seconds / seconds if seconds else None,
-            "steps": [{"task": s["task"], "method": s["method"], "train_seconds": s.get("train_seconds"),
-                       "step_seconds": s.get("step_seconds", []), "trunk_cache": s.get("trunk_cache", {})}
-                      for s in state["steps"]]})
+        self._write_timing(time.time() - started, model_seconds, records)
         atomic.write_files(self.run_dir, run_outputs(results))
         (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # the modules folder holds every finished module
         return results
 
-    def _step(self, index, step, stack, strategy, benchmark, metric, stacking, record, trunks) -> dict:
+    def _zero_shot_key(self) -> str:
+        return self.ws.key("zero-shot", [t.name for t in self.eval_tasks])
+
+    def _zero_shot(self, session: Session) -> dict[str, dict]:
+        key = self._zero_shot_key()
+        if key not in self.ws.memo:
+            log.info("[%s] zero-shot row", self.name)
+            metrics = self._evaluate(session, range(len(self.eval_tasks)))
+            self.ws.memo[key] = Done(None, self.name, self.run_dir, metrics)
+        return self.ws.memo[key].metrics
+
+    def _restore(self, record: StepRecord, session: Session) -> None:
+        if record.module:
+            session.stack.push(load_module(self.run_dir / record.module, self.ws.host))
+        self.ws.memo.setdefault(self.step_key(record.index), Done(record, self.name, self.run_dir))
+
+    def _step(self, index: int, step: StepConfig, session: Session) -> StepRecord:
         key = self.step_key(index)
         if key in self.ws.memo:
-            done = self.ws.memo[key]
-            log.info("[%s] step %d: %s on %s reused from %s", self.name, index, step.method, step.task, done["stream"])
-            if done["module"]:
-                target = self.run_dir / done["module"]
-                _copy_folder(Path(done["run_dir"]) / done["module"], target)
-                stack.push(load_module(target, self.ws.host))
-            return {k: v for k, v in done.items() if k not in ("run_dir",)} | {"reused_from": done["stream"]}
-        entry = {"index": index, "task": step.task, "method": step.method, "config": dict(step.config),
-                 "train": None, "module": None, "trainable_params": 0, "fraction": 0.0, "losses": []}
+            return self._reuse(index, step, self.ws.memo[key], session)
+        record = StepRecord(index, step.task, step.method, dict(step.config))
         tick = time.time()
-        if index in self.plans:
-            plan = self.plans[index]
-            log.info("[%s] step %d: training %s on %s (%d steps, lr %g)", self.name, index, plan.method,
-                     plan.task.name, plan.train.steps, plan.train.lr)
-            strategy.train_config, strategy.start_step = plan.train, 0
-            resumed = self.checkpoints.load(index)
-            if resumed is not None:
-                log.info("[%s] step %d: resuming at training step %d", self.name, index, resumed["step"])
-                stacking.resume_state, record.resume_losses = resumed, resumed["losses"]
-                strategy.start_step = resumed["step"]
-            strategy.train(benchmark.train_stream[index], eval_streams=[])
-            module = stacking.module
-            folder = Path("modules") / f"{index:02d}-{step.task}-{step.method}"
-            save_module(module, self.run_dir / folder, self.ws.host, stream=self.name, position=index,
-                        train=asdict(plan.train), final_loss=record.losses[-1])
-            entry.update(train=asdict(plan.train), module=str(folder), losses=record.losses,
-                         step_seconds=record.step_seconds, trunk_cache=trunks.stats,
-                         **{k: parameter_counts(self.ws.host, module)[k] for k in ("trainable_params", "fraction")})
-        entry["train_seconds"] = time.time() - tick
-        evaluated = range(len(self.eval_tasks)) if self.ws.cfg.evaluate == "stream" else \
-            [*range(index + 1), *range(len(self.stream_tasks), len(self.eval_tasks))]
-        entry["metrics"] = self._evaluate(strategy, benchmark, metric, evaluated)
-        log.info("[%s] after step %d: %s", self.name, index,
-                 ", ".join(f"{t} {m['mAP']:.3f}" for t, m in entry["metrics"].items()))
-        self.ws.memo[key] = entry | {"stream": self.name, "run_dir": str(self.run_dir)}
-        return entry
+        if index in self.train_configs:
+            self._train(index, step, record, session)
+        record.train_seconds = time.time() - tick
+        record.metrics = self._evaluate(session, self._evaluated_after(index))
+        log.info("[%s] after step %d: %s", self.name, index, ", ".join(
+            f"{t} {m[self.ws.tasks[t].metric]:.3f}" for t, m in record.metrics.items()))
+        self.ws.memo[key] = Done(record, self.name, self.run_dir)
+        return record
 
-    def _evaluate(self, strategy, benchmark, metric, indices) -> dict[str, dict]:
-        metric.results.clear()
-        strategy.eval([benchmark.test_stream[j] for j in indices])
-        return {self.eval_tasks[j].name: metric.results[self.eval_tasks[j].name] for j in indices}
+    def _train(self, index: int, step: StepConfig, record: StepRecord, session: Session) -> None:
+        plan = StepPlan(index, self.ws.tasks[step.task], step.method, dict(step.config), self.train_configs[index],
+                        resume=session.checkpoints.load(index))
+        log.info("[%s] step %d: training %s on %s (%d steps, lr %g)%s", self.name, index, plan.method, step.task,
+                 plan.train.steps, plan.train.lr, f", resuming at step {plan.resume['step']}" if plan.resume else "")
+        session.strategy.train_step(plan, session.benchmark.train_stream[index])
+        module, losses = session.stacking.module, session.record.losses
+        folder = Path("modules") / f"{index:02d}-{step.task}-{step.method}"
+        save_module(module, self.run_dir / folder, self.ws.host, stream=self.name, position=index,
+                    train=asdict(plan.train), final_loss=losses[-1])
+        counts = parameter_counts(self.ws.host, module)
+        record.train, record.module, record.losses = asdict(plan.train), str(folder), losses
+        record.step_seconds, record.trunk_cache = session.record.step_seconds, session.trunks.stats
+        record.trainable_params, record.fraction = counts["trainable_params"], counts["fraction"]
+
+    def _reuse(self, index: int, step: StepConfig, done: Done, session: Session) -> StepRecord:
+        log.info("[%s] step %d: %s on %s reused from %s", self.name, index, step.method, step.task, done.stream)
+        record = StepRecord(**{**asdict(done.record), "reused_from": done.stream})
+        if record.module:
+            target = self.run_dir / record.module
+            _copy_folder(done.run_dir / record.module, target)
+            session.stack.push(load_module(target, self.ws.host))
+        return record
+
+    def _evaluated_after(self, index: int) -> list[int]:
+        if self.ws.cfg.evaluate == "stream":
+            return list(range(len(self.eval_tasks)))
+        return [*range(index + 1), *range(len(self.stream_tasks), len(self.eval_tasks))]
+
+    def _evaluate(self, session: Session, indices) -> dict[str, dict]:
+        session.strategy.eval([session.benchmark.test_stream[j] for j in indices])
+        return session.metric.take_results()
+
+    @contextmanager
+    def _session(self, text_log):
+        """Strategy, stack and plugins of this run; the stack is cleared and TensorBoard closed at the end."""
+        cfg, host = self.ws.cfg, self.ws.host
+        stack = Stack(host)
+        record = RecordPlugin(self.ws.progress)
+        metric = TaskMetric()
+        stacking = StackingPlugin(stack, cfg.policy)
+        tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
+        evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
+        checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, cfg.checkpoint_every, stacking, record)
+        trunks = TrunkCachePlugin(host, stack, cfg.feature_cache, cfg.feature_cache_mb)
+        strategy = StreamStrategy(host=host, train_tasks=self.stream_tasks, eval_tasks=self.eval_tasks,
+                                  device=self.ws.device, plugins=[stacking, trunks, record, checkpoints],
+                                  evaluator=evaluator, eval_mb_size=cfg.eval_batch_size)
+        benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
+                                    host.to_pixels)
+        try:
+            yield Session(stack, strategy, benchmark, metric, stacking, record, trunks, checkpoints, tensorboard)
+        finally:
+            stack.clear()
+            tensorboard.writer.close()
 
     # -- results ----------------------------------------------------------------
-    def results(self, state: dict) -> dict:
+    def results(self, zero: dict[str, dict], records: list[StepRecord]) -> dict:
         """results.json: deterministic (no timings, no absolute paths), so two runs compare bit for bit."""
         tasks = [t.name for t in self.stream_tasks]
         held_out = [t.name for t in self.eval_tasks[len(tasks):]]
-        rows = [s["metrics"] for s in state["steps"]]
-        zero = state["zero_shot"]
-        matrix = [[row[t]["mAP"] if t in row else None for t in tasks] for row in rows]
-        zero_shot = [zero[t]["mAP"] for t in tasks]
-        held = {t: {"zero_shot": zero[t]["mAP"], "final": rows[-1][t]["mAP"],
-                    "after_each": [row[t]["mAP"] for row in rows]} for t in held_out}
+        names = {t.name: t.metric for t in self.eval_tasks}
+        rows = [r.metrics for r in records]
+        matrix = [[row[t][names[t]] if t in row else None for t in tasks] for row in rows]
+        zero_shot = [zero[t][names[t]] for t in tasks]
+        held = {t: {"zero_shot": zero[t][names[t]], "final": rows[-1][t][names[t]],
+                    "after_each": [row[t][names[t]] for row in rows]} for t in held_out}
         return {
             "name": self.name, "host": self.ws.host.source, "host_fingerprint": self.ws.base_identity["host"],
             "policy": self.ws.cfg.policy, "evaluate": self.ws.cfg.evaluate,
             "tasks": tasks, "methods": [s.method for s in self.steps], "held_out": held,
-            "zero_shot": zero_shot, "matrix": matrix,
+            "metric_names": names, "zero_shot": zero_shot, "matrix": matrix,
             "derived": derived_metrics(tasks, matrix, zero_shot, held),
-            "modules": [{"task": s["task"], "method": s["method"], "trainable_params": s["trainable_params"],
-                         "fraction": s["fraction"], "folder": s["module"], "train": s["train"],
-                         "final_loss": s["losses"][-1] if s["losses"] else None, "reused_from": s.get("reused_from")}
-                        for s in state["steps"] if s["method"] != NO_MODULE],
-            "coco": {"zero_shot": zero, "rows": rows},
-            "losses": {s["task"]: s["losses"] for s in state["steps"] if s["losses"]},
+            "modules": [{"task": r.task, "method": r.method, "trainable_params": r.trainable_params,
+                         "fraction": r.fraction, "folder": r.module, "train": r.train,
+                         "final_loss": r.losses[-1] if r.losses else None, "reused_from": r.reused_from}
+                        for r in records if r.method != NO_MODULE],
+            "data": {t.name: t.record for t in self.eval_tasks},
+            "metrics": {"zero_shot": zero, "rows": rows},
+            "losses": {r.task: r.losses for r in records if r.losses},
         }
 
+    def _write_timing(self, seconds: float, model_seconds: float, records: list[StepRecord]) -> None:
+        atomic.write_json(self.run_dir / TIMING, {
+            "wall_seconds": seconds, "model_seconds": model_seconds,
+            "outside_model_fraction": 1 - model_seconds / seconds if seconds else None,
+            "steps": [{"task": r.task, "method": r.method, "train_seconds": r.train_seconds,
+                       "step_seconds": r.step_seconds, "trunk_cache": r.trunk_cache} for r in records]})
+
     # -- state ------------------------------------------------------------------
-    def _load_state(self) -> dict:
+    def _load_state(self) -> tuple[dict | None, list[StepRecord]]:
         path = self.run_dir / STATE
         if not path.is_file():
-            return {"zero_shot": None, "steps": []}
-        return json.loads(path.read_text())
+            return None, []
+        state = json.loads(path.read_text())
+        return state["zero_shot"], [StepRecord(**s) for s in state["steps"]]
 
-    def _save_state(self, state: dict) -> None:
-        atomic.write_json(self.run_dir / STATE, state)
+    def _save_state(self, zero_shot: dict, records: list[StepRecord]) -> None:
+        atomic.write_json(self.run_dir / STATE, {"zero_shot": zero_shot, "steps": [asdict(r) for r in records]})
 
     @contextmanager
     def _logging(self):

@@ -1,9 +1,12 @@
-"""Avalanche plugins of the engine: module stacking, COCO metrics, progress and the loss record."""
+"""Avalanche plugins of the engine: module stacking, task metrics, checkpoints, the feature cache, progress.
+
+Each reads the step being trained from ``strategy.plan`` (continual.strategy.StepPlan)
+and the evaluated task from ``strategy.current_task``; none is told anything else.
+"""
 from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,15 +16,10 @@ from avalanche.evaluation.metric_results import MetricValue
 from tqdm.auto import tqdm
 
 from continual import atomic
-from continual.detect import coco_detections
 from continual.faults import crash_point
-from continual.training import TrainConfig
 from continual.trunk_cache import TrunkCache
-from evaluation.coco_eval import coco_bbox_metrics
+from evaluation.evaluators import LOGGED
 from prompts import Stack, build_module
-from tasks.task import DetectionTask
-
-LOGGED_STATS = ("mAP", "AP50", "AP75", "AR100")
 
 
 class IntegrityError(RuntimeError):
@@ -32,48 +30,36 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops before the update."""
 
 
-@dataclass
-class TrainingPlan:
-    """What to train on one experience: the task, the method and its settings."""
-
-    task: DetectionTask
-    method: str
-    config: dict = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
 class StackingPlugin(SupervisedPlugin):
-    """Puts each experience's new module on the stack, trains only it, checks the rest did not move.
+    """Puts each step's new module on the stack, trains only it, checks the rest did not move.
 
-    Before a training experience: build the module, push it, freeze everything
-    else, give the strategy an optimizer over the module alone. After it: hash
-    the host and the earlier modules again and raise IntegrityError if any
-    changed. Before an evaluation experience: switch modules by the policy
-    for the evaluated task and prompt with that task's phrases.
+    Before a training experience: build the plan's module, push it, freeze
+    everything else, give the strategy an optimizer over the module alone
+    (restored from the plan's checkpoint when resuming). After it: hash the host
+    and the earlier modules again and raise IntegrityError if any changed.
+    Before an evaluation experience: switch modules by the policy for the
+    evaluated task.
     """
 
-    def __init__(self, stack: Stack, plans: dict[int, TrainingPlan], eval_tasks: list[DetectionTask], policy: str):
+    def __init__(self, stack: Stack, policy: str):
         super().__init__()
-        self.stack, self.plans, self.eval_tasks, self.policy = stack, plans, eval_tasks, policy
+        self.stack, self.policy = stack, policy
         self.module = None
         self._frozen: dict | None = None
-        self.resume_state: dict | None = None  # {module, optimizer, rng} of a mid-experience checkpoint
         self._resume_rng: torch.Tensor | None = None
 
     def before_training_exp(self, strategy, **kwargs):
-        plan = self.plans[strategy.experience.current_experience]
+        plan = strategy.plan
         torch.manual_seed(plan.train.seed)  # the module's initialisation
         self.module = self.stack.push(build_module(plan.method, plan.config, task=plan.task.name))
         self._frozen = self.stack.frozen_hashes(except_module=self.module) if self.module.stackable else None
         params = self.stack.train_only(self.module)
         self.module.to(strategy.device)
         strategy.optimizer = torch.optim.AdamW(params, lr=plan.train.lr, weight_decay=plan.train.weight_decay)
-        if self.resume_state is not None:
-            self.module.load_module_state(self.resume_state["module"])
-            strategy.optimizer.load_state_dict(self.resume_state["optimizer"])
-            self._resume_rng = self.resume_state["rng"]
-            self.resume_state = None
-        strategy.model.phrases = plan.task.phrases
+        if plan.resume is not None:
+            self.module.load_module_state(plan.resume["module"])
+            strategy.optimizer.load_state_dict(plan.resume["optimizer"])
+            self._resume_rng = plan.resume["rng"]
 
     def before_training_iteration(self, strategy, **kwargs):
         # Restored here, not earlier: creating the data loader's iterator draws from
@@ -84,7 +70,7 @@ class StackingPlugin(SupervisedPlugin):
 
     def before_update(self, strategy, **kwargs):
         if not torch.isfinite(strategy.loss).all():
-            plan = self.plans[strategy.experience.current_experience]
+            plan = strategy.plan
             raise NonFiniteLossError(
                 f"task {plan.task.name!r}: the {plan.method} training loss is {strategy.loss.item()} at step "
                 f"{strategy.step + 1} of {plan.train.steps}; stopped before the update. The run folder keeps its last "
@@ -92,62 +78,62 @@ class StackingPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs):
         self.module.requires_grad_(False)
-        self._resume_rng = None  # a resume at the very end of an experience runs no iteration
+        self._resume_rng = None  # a resume at the very end of a step runs no iteration
         if self._frozen is None:
             return
         now = self.stack.frozen_hashes(except_module=self.module)
         moved = sorted(k for k in self._frozen if now.get(k) != self._frozen[k])
         if moved:
-            plan = self.plans[strategy.experience.current_experience]
+            plan = strategy.plan
             raise IntegrityError(f"training {plan.method} on {plan.task.name} changed frozen tensors: {moved} "
                                  "(the host and earlier modules must stay bit-identical)")
 
     def before_eval_exp(self, strategy, **kwargs):
-        task = self.eval_tasks[strategy.experience.current_experience]
-        self.stack.use(self.policy, task.name)
-        strategy.model.phrases = task.phrases
+        self.stack.use(self.policy, strategy.current_task.name)
 
     def after_eval(self, strategy, **kwargs):
         self.stack.use("all")
 
 
-class CocoMetric(PluginMetric[dict]):
-    """COCO bbox metrics per evaluated task, accumulated over the experience's minibatches.
+class TaskMetric(PluginMetric[dict]):
+    """Every statistic of each evaluated task's own evaluator, accumulated over the experience's minibatches.
 
     Avalanche's ``detection_predictions`` holds only the last minibatch, so the
-    detections are gathered here at every iteration.
+    predictions go to the evaluator at every iteration. ``take_results()``
+    hands the statistics of the tasks evaluated since the last call to the engine.
     """
 
-    def __init__(self, eval_tasks: list[DetectionTask]):
+    def __init__(self):
         super().__init__()
-        self.eval_tasks = eval_tasks
-        self.results: dict[str, dict] = {}
-        self._detections: list[dict] = []
+        self._results: dict[str, dict] = {}
+        self._evaluator = None
 
     def reset(self) -> None:
-        self._detections = []
+        if self._evaluator is not None:
+            self._evaluator.reset()
 
     def result(self) -> dict:
-        return dict(self.results)
+        return dict(self._results)
+
+    def take_results(self) -> dict[str, dict]:
+        results, self._results = self._results, {}
+        return results
 
     def before_eval_exp(self, strategy):
-        self.reset()
+        self._evaluator = strategy.current_task.evaluator()
 
     def after_eval_iteration(self, strategy):
-        task = self.eval_tasks[strategy.experience.current_experience]
-        for target, pred in zip(strategy.mb_y, strategy.mb_output):
-            self._detections += coco_detections(pred, target["image_id"], target["size"].tolist(),
-                                                task.val.categories)
+        self._evaluator.process(strategy.mb_y, strategy.mb_output)
 
     def after_eval_exp(self, strategy):
-        task = self.eval_tasks[strategy.experience.current_experience]
-        metrics = coco_bbox_metrics(task.val.coco, self._detections)
-        self.results[task.name] = metrics
+        task = strategy.current_task
+        metrics = self._evaluator.evaluate()
+        self._results[task.name] = metrics
         row = strategy.clock.train_exp_counter
-        return [MetricValue(self, f"{stat}/{task.name}", metrics[stat], row) for stat in LOGGED_STATS]
+        return [MetricValue(self, f"{stat}/{task.name}", metrics[stat], row) for stat in LOGGED[task.kind]]
 
     def __str__(self) -> str:
-        return "COCO"
+        return "Task"
 
 
 class CheckpointPlugin(SupervisedPlugin):
@@ -165,7 +151,7 @@ class CheckpointPlugin(SupervisedPlugin):
         self.path, self.every, self.stacking, self.record = Path(path), every, stacking, record
 
     def after_training_iteration(self, strategy, **kwargs):
-        if self.every and strategy.step % self.every == 0 and strategy.step < strategy.train_config.steps:
+        if self.every and strategy.step % self.every == 0 and strategy.step < strategy.plan.train.steps:
             self.save(strategy)
         crash_point("train-step")
 
@@ -174,14 +160,14 @@ class CheckpointPlugin(SupervisedPlugin):
 
     def save(self, strategy) -> None:
         buffer = io.BytesIO()
-        torch.save({"index": strategy.experience.current_experience, "step": strategy.step,
+        torch.save({"index": strategy.plan.index, "step": strategy.step,
                     "module": {k: v.detach().cpu().clone() for k, v in self.stacking.module.module_state().items()},
                     "optimizer": strategy.optimizer.state_dict(), "rng": torch.get_rng_state(),
                     "losses": list(self.record.losses)}, buffer)
         atomic.write_bytes(self.path, buffer.getvalue())
 
     def load(self, index: int) -> dict | None:
-        """The checkpoint of experience ``index``, if the file holds one."""
+        """The checkpoint inside step ``index``, if the file holds one."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, weights_only=True)
@@ -198,7 +184,7 @@ class TrunkCachePlugin(SupervisedPlugin):
         self.stats: dict = {}
 
     def before_training_exp(self, strategy, **kwargs):
-        self.cache = TrunkCache(self.host, self.stack.modules, self.store, self.max_mb).__enter__()
+        self.cache = TrunkCache(self.host.trunks(), self.stack.modules, self.store, self.max_mb).__enter__()
 
     def after_training_exp(self, strategy, **kwargs):
         self.stats = self.cache.stats()
@@ -214,13 +200,13 @@ class RecordPlugin(SupervisedPlugin):
         self.progress = progress
         self.losses: list[float] = []
         self.step_seconds: list[float] = []  # wall time per training iteration, data loading included
-        self.resume_losses: list[float] | None = None  # the losses before a mid-experience checkpoint
         self.model_seconds = 0.0  # forward + backward + optimizer step
         self._bar = None
         self._tick = 0.0
 
     def before_training_exp(self, strategy, **kwargs):
-        self.losses, self.resume_losses = list(self.resume_losses or []), None
+        resume = strategy.plan.resume
+        self.losses = list(resume["losses"]) if resume else []  # the losses before a mid-step checkpoint
         self.step_seconds = []
         self._bar = tqdm(total=len(strategy.dataloader), desc="train", leave=False, disable=not self.progress)
         self._last_step_end = time.perf_counter()
@@ -253,3 +239,17 @@ class RecordPlugin(SupervisedPlugin):
 
     def after_eval_exp(self, strategy, **kwargs):
         self._bar.close()
+
+
+class PeriodicCallback(SupervisedPlugin):
+    """Calls ``callback(step, loss)`` after every ``every``-th step and after the last (pretraining's validation)."""
+
+    def __init__(self, every: int, callback):
+        super().__init__()
+        self.every, self.callback = every, callback
+
+    def after_training_iteration(self, strategy, **kwargs):
+        step = strategy.step
+        if (self.every and step % self.every == 0) or step == strategy.plan.train.steps:
+            self.callback(step, strategy.loss.item())
+            strategy.model.train()

@@ -1,12 +1,22 @@
-"""Pretrain the tiny host in stages and save the shipped checkpoint.
+"""Pretrain a tiny host in stages and save the shipped checkpoint.
 
-Stage ``shapes`` trains a randomly initialised host on the base world (shapes
+Grounding DINO (``builtin:tiny-base``). Stage ``shapes`` trains a randomly initialised host on the base world (shapes
 on grey); stage ``scenes`` goes on with the same shapes on every world's
 backgrounds, after setting the fusion layers' layer-scales to 0.1. Without it
 the host's fusion scales its image-side update by about 0.003 (transformers
 starts the scales at 1e-4), so prompts that live in the fusion (SDPT) cannot
 move the image features, and features trained on grey alone know nothing of
 other backgrounds. The text backbone (MiniLM) stays frozen throughout.
+
+Dual encoder (``builtin:tiny-clip``). Stage ``captions`` trains the ViT image
+tower, both projections and the logit scale on captioned object crops of
+``base-scenes`` (the base shapes on every world's backgrounds): CLIP's
+image-to-text contrastive loss, each image against the captions of all twelve
+classes, a caption being the mean feature of several sentence templates. The
+MiniLM text tower stays frozen: it is the host's only source of language (its
+sentence embeddings relate "starfish" to "star" and "fish"), and twelve class
+captions would wear that knowledge away; frozen, it also makes novel class
+names mean what MiniLM says they mean.
 
 ``pretrain.json`` beside the checkpoint records every stage run to make it
 (settings, training curve, validation metrics on the stage's world), the
@@ -25,7 +35,9 @@ import torch
 
 from continual.atomic import replaced_folder
 from continual.config import ConfigError
-from continual.detect import evaluate_task
+from continual.evaluate import evaluate_task
+from continual.hosts.base import local_folder
+from continual.hosts.dual_encoder import DualEncoderHost
 from continual.hosts.grounding_dino import GroundingDinoHost
 from continual.strategy import fit
 from continual.training import TrainConfig
@@ -36,16 +48,23 @@ log = logging.getLogger(__name__)
 RECORD = "pretrain.json"
 
 
+# Caption templates of the dual encoder's pretraining (CLIP-style sentences; the eval default among them).
+CAPTION_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "a {}.", "an image showing a {}.",
+                     "a drawing of a {}.", "a photo of the {}."]
+HOST_KINDS = {"grounding-dino": ("detection", GroundingDinoHost), "dual-encoder": ("classification", DualEncoderHost)}
+
+
 @dataclass
 class PretrainStage:
     world: str = "base"  # the synthetic world the stage trains on
     train_images: int = 6000
     train: TrainConfig = field(default_factory=TrainConfig)
-    fusion_layer_scale: Optional[float] = None  # fill both fusion layer-scales with this before the stage
+    fusion_layer_scale: Optional[float] = None  # Grounding DINO: fill both fusion layer-scales with this first
+    templates: list[str] = field(default_factory=lambda: list(CAPTION_TEMPLATES))  # dual encoder: captions
 
 
 def default_stages() -> dict[str, PretrainStage]:
-    """The runs that produced the shipped checkpoint (shapes: lr 2e-4 with seed 1 reached 0.506)."""
+    """The runs that produced the shipped Grounding DINO checkpoint (shapes: lr 2e-4 with seed 1 reached 0.506)."""
     return {
         "shapes": PretrainStage("base", 6000, TrainConfig(steps=10000, batch_size=8, lr=3e-4, weight_decay=1e-4,
                                                           warmup=300, clip=0.1, seed=2)),
@@ -55,12 +74,28 @@ def default_stages() -> dict[str, PretrainStage]:
     }
 
 
+def dual_encoder_stages() -> dict[str, PretrainStage]:
+    """The run that produced the shipped tiny-clip checkpoint."""
+    return {"captions": PretrainStage("base-scenes", 3000, TrainConfig(steps=1500, batch_size=64, lr=1e-3,
+                                                                       weight_decay=0.05, warmup=100, clip=1.0,
+                                                                       seed=0))}
+
+
 @dataclass
 class PretrainConfig:
+    host: str = "grounding-dino"  # or dual-encoder
     stages: dict[str, PretrainStage] = field(default_factory=default_stages)
-    image_size: int = 128
+    image_size: int = 128  # of the synthetic worlds' images
     eval_every: int = 1000  # steps between validations on the stage's world (0: at its end only)
     val_images: int = 200
+
+    @classmethod
+    def for_host(cls, host: str) -> "PretrainConfig":
+        if host not in HOST_KINDS:
+            raise ConfigError(f"pretrain: unknown host {host!r}; choose from {', '.join(HOST_KINDS)}")
+        if host == "dual-encoder":
+            return cls(host=host, stages=dual_encoder_stages(), eval_every=500, val_images=100)
+        return cls(host=host)
 
 
 def set_fusion_layer_scale(host: GroundingDinoHost, value: float) -> None:
@@ -73,7 +108,7 @@ def set_fusion_layer_scale(host: GroundingDinoHost, value: float) -> None:
 
 def earlier_stages(source: str) -> list[dict]:
     """The stage records of the checkpoint we start from (none for a host without a pretrain.json)."""
-    folder = GroundingDinoHost.local_folder(source)
+    folder = local_folder(source)
     if folder is None or not (folder / RECORD).is_file():
         return []
     return json.loads((folder / RECORD).read_text()).get("stages", [])
@@ -92,42 +127,52 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
         raise ConfigError(f"pretrain: unknown stage(s) {unknown or names}; stages are {', '.join(cfg.stages)}")
     names = [n for n in cfg.stages if n in names]
     first = cfg.stages[names[0]]
-    host = (GroundingDinoHost.from_pretrained(start) if start
-            else GroundingDinoHost.build_tiny(cfg.image_size, seed=first.train.seed))
-    host.model.model.text_backbone.requires_grad_(False)
-    record = {"started_from": start, "stages": earlier_stages(start) if start else []}
+    kind, host_cls = HOST_KINDS[cfg.host]
+    if start:
+        host = host_cls.from_pretrained(start)
+    elif host_cls is GroundingDinoHost:
+        host = host_cls.build_tiny(cfg.image_size, seed=first.train.seed)
+    else:
+        host = host_cls.build_tiny(seed=first.train.seed)
+    # The text encoder (MiniLM) stays frozen (see the module docstring).
+    text_tower = host.model.model.text_backbone if host_cls is GroundingDinoHost else host.model.text_model
+    text_tower.requires_grad_(False)
+    record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
     for name in names:
         record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress))
-    base = load_task("synthetic:base", sizes=WorldSizes(image_size=cfg.image_size))
-    record["base_val"] = evaluate_task(host, base.val, base.phrases, progress=False)
+    sizes = WorldSizes(image_size=cfg.image_size)  # 100 validation images per world
+    base = load_task("synthetic:base", sizes=sizes, kind=kind)
+    record["base_val"] = evaluate_task(host, base, progress=False)
     record["zero_shot"] = {}
     for world in NOVEL_WORLDS:
-        task = load_task(f"synthetic:{world}", sizes=WorldSizes(image_size=cfg.image_size))
-        record["zero_shot"][f"synthetic:{world}"] = evaluate_task(host, task.val, task.phrases, progress=False)
+        task = load_task(f"synthetic:{world}", sizes=sizes, kind=kind)
+        record["zero_shot"][f"synthetic:{world}"] = evaluate_task(host, task, progress=False)
     with replaced_folder(out_dir) as tmp:
         host.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def run_stage(host: GroundingDinoHost, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool) -> dict:
+def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool) -> dict:
+    kind = HOST_KINDS[cfg.host][0]
     task = load_task(f"synthetic:{stage.world}", sizes=WorldSizes(train=stage.train_images, val=cfg.val_images,
-                                                                  image_size=cfg.image_size))
+                                                                  image_size=cfg.image_size), kind=kind)
+    if kind == "classification":
+        task.template = tuple(stage.templates)  # each caption: the mean feature of its sentences
     if stage.fusion_layer_scale is not None:
         set_fusion_layer_scale(host, stage.fusion_layer_scale)
     history, last, start = [], {}, time.time()
 
     def evaluate(step: int, loss: float) -> None:  # called every cfg.eval_every steps and after the last
-        metrics = evaluate_task(host, task.val, task.phrases, progress=False)
+        metrics = evaluate_task(host, task, progress=False)
         last.update(metrics)
-        history.append({"step": step, "loss": loss, "mAP": metrics["mAP"], "AP50": metrics["AP50"],
-                        "minutes": (time.time() - start) / 60})
-        log.info("%s step %d loss %.3f %s mAP %.3f AP50 %.3f", name, step, loss, stage.world, metrics["mAP"],
-                 metrics["AP50"])
+        primary = task.metric
+        history.append({"step": step, "loss": loss, primary: metrics[primary], "minutes": (time.time() - start) / 60})
+        log.info("%s step %d loss %.3f %s %s %.3f", name, step, loss, stage.world, primary, metrics[primary])
 
     log.info("stage %s: %d steps on synthetic:%s", name, stage.train.steps, stage.world)
     params = [p for p in host.parameters() if p.requires_grad]
-    fit(host, params, task.train, task.phrases, stage.train, progress, every=cfg.eval_every, callback=evaluate)
+    fit(host, params, task, stage.train, progress, every=cfg.eval_every, callback=evaluate)
     minutes = (time.time() - start) / 60
-    log.info("stage %s done in %.1f min: %s val mAP %.3f", name, minutes, stage.world, last["mAP"])
+    log.info("stage %s done in %.1f min: %s val %s %.3f", name, minutes, stage.world, task.metric, last[task.metric])
     return {"name": name, **asdict(stage), "minutes": minutes, "history": history, "val": dict(last)}

@@ -1,91 +1,107 @@
-"""Avalanche glue: the host behind torchvision's detection interface, tasks as
-Avalanche detection datasets, and the training strategy of the engine.
+"""The engine's training strategy: Avalanche's loop with one step plan at a time, for every host and task kind.
 
-The strategy is Avalanche 0.6's ObjectDetectionTemplate: its training and
-evaluation loops, plugin callbacks, EvaluationPlugin and loggers stay. Three
-parts are replaced, each for a reason:
+Tasks become an Avalanche benchmark (one training experience per stream step,
+one test experience per evaluated task). The host sits behind ``HostModel``,
+which computes its own loss (the torchvision detection convention that
+Avalanche's ``ObjectDetectionTemplate`` expects): ``model(images, targets,
+task) -> {"loss": ...}`` in training, per-image predictions in evaluation.
+That convention fits every task kind, so one strategy serves detection and
+classification alike. Its training and evaluation loops, plugin callbacks,
+EvaluationPlugin and loggers stay Avalanche's. Replaced, each for a reason:
 - ``make_optimizer``: the stacking plugin builds AdamW over the new module
   alone; Avalanche's would register every parameter of the model.
-- ``make_train_dataloader``: one Avalanche epoch covers the task's whole step
-  budget, in a seeded order that can restart at any step (``StepSampler``),
-  so a killed run resumes mid-task on the same batches.
-- ``optimizer_step``: warm-up + cosine learning rate and gradient clipping,
-  the schedule of ``continual.training``.
-- ``forward``: bf16 autocast on CUDA (fp16 with a scaler is Avalanche's).
+- ``make_train_dataloader``: one Avalanche epoch covers the step's whole
+  budget, in a seeded order that can restart at any step (``StepSampler``), so
+  a killed run resumes mid-task on the same batches.
+- ``optimizer_step``: warm-up + cosine learning rate and gradient clipping
+  (``continual.training``).
+- ``forward``: the current experience's task goes to the model explicitly;
+  bf16 autocast on CUDA (fp16 with a scaler is Avalanche's).
+
+State is explicit: ``train_step(plan, experience)`` takes a ``StepPlan`` (what
+to train, how, and the checkpoint to resume from); the plugins read
+``strategy.plan`` and nothing else of the engine.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils.detection_dataset import make_detection_dataset
-from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.supervised.naive_object_detection import ObjectDetectionTemplate, detection_collate_fn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from continual.hosts.base import Batch
 from continual.training import TrainConfig, lr_at
-from tasks.coco import CocoDetection
 
 
-class HostDetector(nn.Module):
-    """The host as a torchvision-style detector, prompted with the current task's phrases.
+@dataclass
+class StepPlan:
+    """One stream step to train: its position, task, method and settings; ``resume`` a mid-step checkpoint."""
 
-    Training: ``model(images, targets) -> {"loss": total}``. Evaluation:
-    ``model(images) -> [{boxes, scores, labels}]`` per image, boxes as xyxy
-    fractions of the image (the metric scales them by each target's size).
+    index: int
+    task: Any  # tasks.task.Task
+    method: str
+    config: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resume: dict | None = None  # {step, module, optimizer, rng, losses} of a checkpoint inside this step
+
+
+class HostModel(nn.Module):
+    """The host behind the torchvision-style interface, for any task kind.
+
+    Training: ``model(images, targets, task) -> {"loss": total}``. Evaluation:
+    ``model(images, task=task)`` -> the host's per-image predictions.
     """
 
-    def __init__(self, host, top_k: int = 100):
+    def __init__(self, host):
         super().__init__()
         self.host = host
-        self.top_k = top_k
-        self.phrases: list[str] = []  # set by the stacking plugin for each experience
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, task=None):
         pixels = self.host.normalize(torch.stack(list(images)))
+        batch = Batch(task.kind, pixels, list(task.phrases), task.template, list(targets) if targets else None)
         if self.training:
-            loss, _ = self.host.loss(pixels, self.phrases, targets)
+            loss, _ = self.host.loss(batch)
             return {"loss": loss}
-        return self.host.predict(pixels, self.phrases, top_k=self.top_k)
+        return self.host.predict(batch)
 
 
 class HostInputs(Dataset):
-    """A COCO split as (pixels, target) pairs of tensors, as Avalanche moves them to the device.
+    """A task's split as (pixels, target) pairs of tensors, as Avalanche moves them to the device.
 
     Targets are built once (Avalanche keeps them as the dataset's targets too);
     images are read at every visit.
     """
 
-    def __init__(self, data: CocoDetection, to_pixels):
+    def __init__(self, data, to_pixels):
         self.data = data
         self.to_pixels = to_pixels
-        self.targets = [self._target(i) for i in range(len(data))]
+        self.targets = [{k: torch.as_tensor(v) for k, v in data.target(i).items()} for i in range(len(data))]
 
     def __len__(self) -> int:
         return len(self.data)
-
-    def _target(self, index: int) -> dict:
-        t = self.data.target(index)
-        return {"image_id": torch.tensor(t["image_id"]), "class_labels": t["class_labels"], "boxes": t["boxes"],
-                "size": torch.tensor(t["size"])}
 
     def __getitem__(self, index: int):
         return self.to_pixels([self.data.open_image(index)])[0], self.targets[index]
 
 
-def detection_dataset(data: CocoDetection, to_pixels, task_label: int):
+def task_dataset(data, to_pixels, task_label: int):
+    """A split as an Avalanche dataset whose minibatches are (images, targets) lists, whatever the kind."""
     inputs = HostInputs(data, to_pixels)
     return make_detection_dataset(inputs, task_labels=task_label, targets=inputs.targets,
                                   collate_fn=detection_collate_fn)
 
 
-def build_benchmark(train: list[CocoDetection], test: list[CocoDetection], to_pixels):
-    """One training experience per stream step, one test experience per evaluated task."""
-    return benchmark_from_datasets(train=[detection_dataset(d, to_pixels, i) for i, d in enumerate(train)],
-                                   test=[detection_dataset(d, to_pixels, i) for i, d in enumerate(test)])
+def build_benchmark(train: list, test: list, to_pixels):
+    """One training experience per stream step, one test experience per evaluated task (splits given)."""
+    return benchmark_from_datasets(train=[task_dataset(d, to_pixels, i) for i, d in enumerate(train)],
+                                   test=[task_dataset(d, to_pixels, i) for i, d in enumerate(test)])
 
 
 class StepSampler(Sampler[int]):
@@ -112,82 +128,80 @@ class StepSampler(Sampler[int]):
 
 
 class StreamStrategy(ObjectDetectionTemplate):
-    """ObjectDetectionTemplate with a step budget per experience (see the module docstring)."""
+    """Avalanche's loop over one step plan at a time (see the module docstring)."""
 
-    def __init__(self, *, model: HostDetector, device, plugins, evaluator, eval_mb_size: int = 16):
+    def __init__(self, *, host, train_tasks: list, eval_tasks: list, device, plugins, evaluator,
+                 eval_mb_size: int = 16):
         # Avalanche wants an optimizer now; the stacking plugin sets the real one
-        # once the experience's module exists.
+        # once the step's module exists.
         placeholder = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
-        super().__init__(model=model, optimizer=placeholder, train_mb_size=1, train_epochs=1,
+        super().__init__(model=HostModel(host), optimizer=placeholder, train_mb_size=1, train_epochs=1,
                          eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator)
-        self.train_config: TrainConfig | None = None  # set by the engine before each train() call
-        self.start_step = 0  # > 0 when resuming inside an experience
-        self.step = 0
+        self.train_tasks, self.eval_tasks = train_tasks, eval_tasks
+        self.plan: StepPlan | None = None
+        self.step = 0  # optimizer steps taken in the current plan
         # Avalanche's criterion() asserts a training loss dict even in evaluation,
         # which fails an evaluation that comes before any training (the zero-shot row).
         self.detection_loss_dict = {}
+
+    def train_step(self, plan: StepPlan, experience) -> None:
+        """Train the plan's module on its experience (from the plan's checkpoint, if any)."""
+        self.plan = plan
+        self.train(experience, eval_streams=[])
+
+    @property
+    def current_task(self):
+        tasks = self.train_tasks if self.is_training else self.eval_tasks
+        return tasks[self.experience.current_experience]
 
     def make_optimizer(self, **kwargs):
         pass  # the stacking plugin owns the optimizer
 
     def make_train_dataloader(self, num_workers: int = 0, **kwargs):
-        cfg = self.train_config
-        sampler = StepSampler(len(self.adapted_dataset), cfg.batch_size, cfg.steps, cfg.seed, self.start_step)
-        self.step = self.start_step
+        cfg, start = self.plan.train, self.plan.resume["step"] if self.plan.resume else 0
+        sampler = StepSampler(len(self.adapted_dataset), cfg.batch_size, cfg.steps, cfg.seed, start)
+        self.step = start
         self.dataloader = DataLoader(self.adapted_dataset, batch_size=cfg.batch_size, sampler=sampler,
                                      collate_fn=detection_collate_fn, num_workers=num_workers)
 
     def forward(self):
+        task = self.current_task
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             if self.is_training:
-                self.detection_loss_dict = self.model(self.mb_x, self.mb_y)
+                self.detection_loss_dict = self.model(self.mb_x, self.mb_y, task=task)
                 return self.detection_loss_dict
             return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
-                    for out in self.model(self.mb_x)]
+                    for out in self.model(self.mb_x, task=task)]
 
     def optimizer_step(self, **kwargs):
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.train_config)
+            group["lr"] = lr_at(self.step, self.plan.train)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.train_config.clip)
+        torch.nn.utils.clip_grad_norm_(params, self.plan.train.clip)
         super().optimizer_step(**kwargs)
         self.step += 1
 
 
-class _Every(SupervisedPlugin):
-    """Calls ``callback(step, loss)`` after every ``every``-th step and after the last."""
+def fit(host, params: list[nn.Parameter], task, cfg: TrainConfig, progress: bool = True, every: int = 0,
+        callback=None) -> list[float]:
+    """Train ``params`` of ``host`` on one task's training split with the engine's strategy.
 
-    def __init__(self, every: int, callback):
-        super().__init__()
-        self.every, self.callback = every, callback
-
-    def after_training_iteration(self, strategy, **kwargs):
-        step = strategy.step
-        if (self.every and step % self.every == 0) or step == strategy.train_config.steps:
-            self.callback(step, strategy.loss.item())
-            strategy.model.train()
-
-
-def fit(host, params: list[nn.Parameter], data: CocoDetection, phrases: list[str], cfg: TrainConfig,
-        progress: bool = True, every: int = 0, callback=None) -> list[float]:
-    """Train ``params`` of ``host`` on one dataset with the engine's strategy; returns the loss per step.
-
-    For training outside a stream (pretraining the host itself).
+    For training outside a stream (pretraining the host itself). ``callback(step,
+    loss)`` runs every ``every`` steps and after the last. Returns the loss per step.
     """
-    from continual.plugins import RecordPlugin
+    from continual.plugins import PeriodicCallback, RecordPlugin
 
     record = RecordPlugin(progress)
-    plugins = [record] + ([_Every(every, callback)] if callback else [])
+    plugins = [record] + ([PeriodicCallback(every, callback)] if callback else [])
     device = next(host.parameters()).device
     with warnings.catch_warnings():  # no metrics or loggers wanted here; Avalanche warns about that
         warnings.filterwarnings("ignore", message="No loggers specified")
         evaluator = EvaluationPlugin(loggers=[])
-    strategy = StreamStrategy(model=HostDetector(host), device=device, plugins=plugins, evaluator=evaluator)
+    strategy = StreamStrategy(host=host, train_tasks=[task], eval_tasks=[], device=device, plugins=plugins,
+                              evaluator=evaluator)
     torch.manual_seed(cfg.seed)
     strategy.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    strategy.model.phrases = list(phrases)
-    strategy.train_config = cfg
-    strategy.train(benchmark_from_datasets(train=[detection_dataset(data, host.to_pixels, 0)]).train_stream[0],
-                   eval_streams=[])
+    benchmark = benchmark_from_datasets(train=[task_dataset(task.train, host.to_pixels, 0)])
+    strategy.train_step(StepPlan(0, task, "pretrain", train=cfg), benchmark.train_stream[0])
     host.eval()
     return record.losses

@@ -1,8 +1,10 @@
-"""Frozen-trunk feature cache: the image backbone's outputs per image, the text encoder's per prompt.
+"""Frozen-trunk feature cache: an image trunk's outputs per image, a text trunk's per prompt.
 
-While a module trains whose every site lies after a trunk (SDPT, the linear
-probe, fusion/decoder adapters for both trunks; CoOp and text-side adapters
-for the image trunk only), that trunk is a fixed function of its input: the
+The host names its trunks (``host.trunks()``: Grounding DINO's Swin backbone
+and BERT, a dual encoder's two towers). While a module trains whose every site
+lies after a trunk (SDPT, the linear probe, fusion/decoder adapters for both
+trunks; CoOp and text-side adapters for the image trunk only), that trunk is a
+fixed function of its input: the
 first visit of an image (or a prompt) computes it, later visits reuse the
 result. Keys are the inputs' bytes, so a changed image (augmentation) simply
 misses. Such a frozen trunk runs in eval mode whether cached or not (a
@@ -71,51 +73,76 @@ class _Trunk:
             self.module.train(was_training)
 
 
-class _ImageTrunk(_Trunk):
-    """GroundingDinoConvModel: (pixel_values, pixel_mask) -> ([(feature, mask) per level], [position per level])."""
+def _item(value, i: int):
+    """Item ``i`` of a batch-first output: tensors, and lists, tuples and dicts (ModelOutput) of them."""
+    if isinstance(value, torch.Tensor):
+        return value[i].clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_item(v, i) for v in value)
+    if isinstance(value, dict):
+        return type(value)(**{k: _item(v, i) for k, v in value.items()})
+    return value
 
-    def _forward(self, pixel_values, pixel_mask):
-        keys = [_key(pixel_values[i], pixel_mask[i]) for i in range(pixel_values.shape[0])]
+
+def _stack(items: list):
+    """Inverse of ``_item``: one batch from per-item entries, in the same container types."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(items)
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack([it[j] for it in items]) for j in range(len(first)))
+    if isinstance(first, dict):
+        return type(first)(**{k: _stack([it[k] for it in items]) for k in first})
+    return first
+
+
+def _fresh(value):
+    """A new container over the same tensors: callers that set attributes on a returned
+    ModelOutput (transformers' get_*_features) must not change the cached one."""
+    if isinstance(value, dict):
+        return type(value)(**value)
+    return value
+
+
+class _PerItemTrunk(_Trunk):
+    """An image trunk: batch-first tensor inputs and outputs, each image cached on its own."""
+
+    def _forward(self, *args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        keys = [_key(*(t[i] for t in tensors)) for i in range(tensors[0].shape[0])]
         if self.store and all(k in self.entries for k in keys):
             self.hits += len(keys)
-            items = [self.entries[k] for k in keys]
-            levels = len(items[0][0])
-            out = [(torch.stack([it[0][l][0] for it in items]), torch.stack([it[0][l][1] for it in items]))
-                   for l in range(levels)]
-            return out, [torch.stack([it[1][l] for it in items]) for l in range(levels)]
+            return _stack([self.entries[k] for k in keys])
         self.misses += len(keys)
-        out, pos = self.compute(pixel_values, pixel_mask)
+        out = self.compute(*args, **kwargs)
         if self.store:
             for i, k in enumerate(keys):
-                self.keep(k, ([(f[i].clone(), m[i].clone()) for f, m in out], [p[i].clone() for p in pos]))
-        return out, pos
+                self.keep(k, _item(out, i))
+        return out
 
 
-class _TextTrunk(_Trunk):
-    """The BERT text encoder: one entry per distinct (input_ids, masks, positions) batch."""
+class _PerCallTrunk(_Trunk):
+    """A text trunk: one entry per distinct call (the same prompt's tokens)."""
 
-    def _forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
-        key = _key(input_ids, attention_mask, token_type_ids, position_ids)
+    def _forward(self, *args, **kwargs):
+        key = _key(*(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)))
         if self.store and key in self.entries:
             self.hits += 1
-            return self.entries[key]
+            return _fresh(self.entries[key])
         self.misses += 1
-        out = self.compute(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           position_ids=position_ids, **kwargs)
+        out = self.compute(*args, **kwargs)
         if self.store:
-            self.keep(key, out)
+            self.keep(key, _fresh(out))
         return out
 
 
 class TrunkCache:
-    """The frozen trunks of a Grounding DINO host that no enabled module acts inside, wrapped while in use."""
+    """The host's frozen trunks that no enabled module acts inside, wrapped while in use."""
 
-    def __init__(self, host, modules, store: bool = True, max_mb: int = 4096):
-        model = host.model.model
+    def __init__(self, trunks: dict, modules, store: bool = True, max_mb: int = 4096):
         budget = [max_mb * 2 ** 20]
-        self.trunks = {name: cls(part, store, budget) for name, part, cls in
-                       (("image", model.backbone, _ImageTrunk), ("text", model.text_backbone, _TextTrunk))
-                       if not any(m.enabled and m.acts_inside(part) for m in modules)}
+        self.trunks = {name: (_PerItemTrunk if t.per_item else _PerCallTrunk)(t.module, store, budget)
+                       for name, t in trunks.items() if not any(m.enabled and m.acts_inside(t.module) for m in modules)}
 
     def __enter__(self) -> "TrunkCache":
         for trunk in self.trunks.values():

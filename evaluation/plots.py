@@ -1,4 +1,4 @@
-"""PNG plots of a run: the results matrix as a heatmap, and old-task retention against new-task mAP."""
+"""PNG plots of a run: the results matrix as a heatmap, and old-task retention against the new task's metric."""
 from __future__ import annotations
 
 import io
@@ -18,7 +18,7 @@ def _png(fig) -> bytes:
 
 
 def matrix_heatmap(results: dict) -> bytes:
-    """Rows: zero-shot, then after each step; columns: the stream's tasks; cells: mAP."""
+    """Rows: zero-shot, then after each step; columns: the stream's tasks; cells: each task's primary metric."""
     tasks = results["tasks"]
     rows = [results["zero_shot"], *results["matrix"]]
     labels = ["zero-shot"] + [f"after {t} ({m})" for t, m in zip(tasks, results["methods"])]
@@ -30,24 +30,26 @@ def matrix_heatmap(results: dict) -> bytes:
             if v == v:
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.5 * image.norm.vmax
                         else "black", fontsize=8)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    names = results["metric_names"]
+    ax.set_xticks(range(len(tasks)), [f"{t} ({names[t]})" for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels)
-    ax.set_title(f"{results['name']}: mAP (policy {results['policy']})")
+    ax.set_title(f"{results['name']} (policy {results['policy']})")
     fig.colorbar(image, ax=ax, fraction=0.04)
     return _png(fig)
 
 
 def retention_scatter(points: list[dict], title: str) -> bytes:
-    """One point per setting: x = new-task mAP, y = old-task retention."""
+    """One point per setting: x = the new task's metric, y = old-task retention."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for p in points:
-        if p["old_retention"] is None or p["new_map"] is None:
+        if p["old_retention"] is None or p["new_metric"] is None:
             continue
-        ax.scatter(p["new_map"], p["old_retention"], s=40)
-        ax.annotate(p["setting"], (p["new_map"], p["old_retention"]), fontsize=8, xytext=(4, 4),
+        ax.scatter(p["new_metric"], p["old_retention"], s=40)
+        ax.annotate(p["setting"], (p["new_metric"], p["old_retention"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("new-task mAP")
+    metrics = {p["metric"] for p in points}
+    ax.set_xlabel(f"new-task {metrics.pop() if len(metrics) == 1 else 'metric'}")
     ax.set_ylabel("old-task retention (final / when learned)")
     ax.set_title(title)
     return _png(fig)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from evaluation.plots import matrix_heatmap, retention_scatter
 
+METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy"}
+
 
 def _f(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
@@ -17,6 +19,23 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def upgrade(results: dict) -> dict:
+    """Results written before task kinds (a ``coco`` section, mAP everywhere) in today's shape."""
+    if "metrics" not in results and "coco" in results:
+        results = {**results, "metrics": results.pop("coco")}
+        results.setdefault("metric_names", {t: "mAP" for t in [*results["tasks"], *results["held_out"]]})
+        d = results["derived"]
+        d.setdefault("old_metric", d.pop("old_map", None))
+        d.setdefault("new_metric", d.pop("new_map", None))
+    return results
+
+
+def metric_label(results: dict) -> str:
+    """The metric name the run's tasks share (e.g. ``mAP``), or ``metric`` when kinds are mixed."""
+    names = set(results["metric_names"][t] for t in results["tasks"])
+    return names.pop() if len(names) == 1 else "metric"
+
+
 def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
     """One row per setting: the old tasks (all but the last) and the new (last) task, after the stream."""
     rows = []
@@ -24,14 +43,14 @@ def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
         d = r["derived"]
         old = r["tasks"][:-1]
         kept = [d["retention"][t] for t in old if d["retention"][t] is not None]
-        rows.append({"setting": setting, "old_task": "+".join(old), "new_task": r["tasks"][-1],
-                     "old_map": d["old_map"], "new_map": d["new_map"],
+        rows.append({"setting": setting, "metric": metric_label(r), "old_task": "+".join(old),
+                     "new_task": r["tasks"][-1], "old_metric": d["old_metric"], "new_metric": d["new_metric"],
                      "old_retention": sum(kept) / len(kept) if kept else None, "hap": d["hap"]})
     return rows
 
 
 def run_report(results: dict) -> str:
-    tasks, d = results["tasks"], results["derived"]
+    tasks, d, metric = results["tasks"], results["derived"], metric_label(results)
     matrix_rows = [["zero-shot", *map(_f, results["zero_shot"])]]
     matrix_rows += [[f"after {t} ({m})", *map(_f, row)]
                     for t, m, row in zip(tasks, results["methods"], results["matrix"])]
@@ -39,12 +58,13 @@ def run_report(results: dict) -> str:
         f"# Run `{results['name']}`",
         f"Host `{results['host']}` (fingerprint {results['host_fingerprint'][:12]}), composition policy "
         f"`{results['policy']}`, evaluated: {results['evaluate']}.",
-        "## Results matrix (COCO mAP@[.5:.95])",
+        f"## Results matrix ({METRIC_TITLES.get(metric, 'each task its primary metric')})",
         "Row i: after training step i; column j: task j. The first row is before any training.",
-        _table(["", *tasks], matrix_rows),
+        _table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
+               matrix_rows),
         "## Derived metrics",
-        _table(["final average", "BWT", "FWT", "old mAP", "new mAP", "hAP(old, new)"],
-               [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_map"]), _f(d["new_map"]),
+        _table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "hAP(old, new)"],
+               [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
                  _f(d["hap"])]]),
         _table(["task", "retention", "forgetting"],
                [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
@@ -64,13 +84,15 @@ def run_report(results: dict) -> str:
 
 
 def study_report(name: str, rows: list[dict]) -> str:
-    table = _table(["setting", "old task", "old mAP", "new task", "new mAP", "old retention", "hAP"],
-                   [[r["setting"], r["old_task"], _f(r["old_map"]), r["new_task"], _f(r["new_map"]),
+    metrics = {r["metric"] for r in rows}
+    metric = metrics.pop() if len(metrics) == 1 else "metric"
+    table = _table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention", "hAP"],
+                   [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
                      _f(r["old_retention"]), _f(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
             f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
-            f"![old-task retention vs new-task mAP](plots/retention_vs_new.png)\n\n## Settings\n\n{links}\n")
+            f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n## Settings\n\n{links}\n")
 
 
 def run_outputs(results: dict) -> dict[str, bytes | str]:
@@ -89,9 +111,9 @@ def load_runs(run_dir: Path) -> dict[str, dict]:
     """{name: results} of a run folder: itself, or each setting of a study."""
     run_dir = Path(run_dir)
     if (run_dir / "results.json").is_file():
-        results = json.loads((run_dir / "results.json").read_text())
+        results = upgrade(json.loads((run_dir / "results.json").read_text()))
         return {results["name"]: results}
-    found = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("*/results.json"))}
+    found = {p.parent.name: upgrade(json.loads(p.read_text())) for p in sorted(run_dir.glob("*/results.json"))}
     if not found:
         raise FileNotFoundError(f"{run_dir}: no results.json in it or in its setting folders")
     # the study's own order (compat.json), not the folders' alphabetical one
@@ -108,6 +130,6 @@ def comparison(run_dirs: list[Path]) -> str:
             d = r["derived"]
             label = str(run_dir) if len(runs) == 1 else f"{run_dir}/{name}"
             rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
-                         _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_map"]), _f(d["new_map"]),
-                         _f(d["hap"])])
-    return _table(["run", "stream", "policy", "final avg", "BWT", "FWT", "old mAP", "new mAP", "hAP"], rows)
+                         metric_label(r), _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]),
+                         _f(d["new_metric"]), _f(d["hap"])])
+    return _table(["run", "stream", "policy", "metric", "final avg", "BWT", "FWT", "old", "new", "hAP"], rows)

@@ -22,6 +22,9 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
                     held_out: dict[str, dict] | None = None) -> dict:
     """final_average, bwt, fwt, forgetting/retention per task, old/new/hAP, zero-shot retention of held-out tasks.
 
+    ``old_metric``: the mean over the old tasks (all but the last) of their
+    primary metric after the stream; ``new_metric``: the last task's.
+
     ``held_out`` maps a held-out task to {"zero_shot": Z, "final": metric after the stream}.
     """
     if not isinstance(tasks, list) or not tasks:
@@ -41,16 +44,16 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
     new = last[len(tasks) - 1]
     per_task_forgetting = _or_none(forgetting, matrix) or [None] * len(tasks)
     per_task_retention = _or_none(retention, matrix) or [None] * len(tasks)
-    old_map = mean(old) if old else None
+    old_metric = mean(old) if old else None
     return {
         "final_average": _or_none(final_average, matrix),
         "bwt": _or_none(backward_transfer, matrix),
         "fwt": _or_none(forward_transfer, matrix, zero_shot),
         "forgetting": dict(zip(tasks, per_task_forgetting)),
         "retention": dict(zip(tasks, per_task_retention)),
-        "old_map": old_map,
-        "new_map": new,
-        "hap": harmonic_mean(old_map, new) if old_map is not None and new is not None else None,
+        "old_metric": old_metric,
+        "new_metric": new,
+        "hap": harmonic_mean(old_metric, new) if old_metric is not None and new is not None else None,
         "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"])
                                 for name, v in (held_out or {}).items()},
     }

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from prompts.base import MethodError, PeftModule, register_method
+from prompts.base import MethodError, PeftModule, check_at_least, check_choice, register_method
 
 
 @dataclass
@@ -21,6 +21,12 @@ class AdapterConfig:
     bottleneck: int = 16
     style: str = "parallel"  # or "serial"
     scale: float = 0.1
+
+    def __post_init__(self):
+        check_choice("adapter", "style", self.style, ("parallel", "serial"))
+        check_at_least("adapter", "bottleneck", self.bottleneck, 1)
+        if not self.sites:
+            raise MethodError("adapter: sites must name at least one site kind with feed-forward blocks")
 
 
 class Bottleneck(nn.Module):
@@ -47,11 +53,11 @@ class Adapter(PeftModule):
             found.update(host.ffn_sites(kind))
         return list(found.items())
 
+    def required_sites(self):
+        return tuple(self.config.sites)
+
     def build(self, host) -> None:
         cfg = self.config
-        if cfg.style not in ("parallel", "serial") or cfg.bottleneck < 1:
-            raise MethodError(f"adapter: style must be 'parallel' or 'serial' and bottleneck >= 1, "
-                              f"got {cfg.style!r}, {cfg.bottleneck}")
         ffns = self._ffns(host)
         self.site_names = [name for name, _ in ffns]
         self.adapters = nn.ModuleList(Bottleneck(second.out_features, cfg.bottleneck) for _, (_, second) in ffns)

@@ -28,13 +28,36 @@ def register_method(cls: type["PeftModule"]) -> type["PeftModule"]:
     return cls
 
 
+def check_choice(method: str, key: str, value, allowed: tuple) -> None:
+    """For config ``__post_init__``: ``value`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise MethodError(f"{method}: {key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def check_at_least(method: str, key: str, value, minimum) -> None:
+    """For config ``__post_init__``: ``value`` must be a number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise MethodError(f"{method}: {key} must be a number >= {minimum}, got {value!r}")
+
+
 def config_from_dict(config_class: type, values: dict[str, Any], method: str):
-    """Build a method's config dataclass, refusing unknown keys by name."""
+    """Build a method's config dataclass (its ``__post_init__`` checks values), refusing unknown keys by name."""
     fields = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise MethodError(f"{method}: unknown config key(s) {unknown}; valid keys: {sorted(fields)}")
-    return config_class(**values)
+    try:
+        return config_class(**values)
+    except TypeError as err:
+        raise MethodError(f"{method}: bad config {values} ({err})") from err
+
+
+def check_sites(module: "PeftModule", host_kind: str, site_kinds) -> None:
+    """The host (described by its kind and site kinds) has every site kind the module needs."""
+    missing = [k for k in module.required_sites() if k not in site_kinds]
+    if missing:
+        raise MethodError(f"{module.method} needs site kind(s) {missing}, which a {host_kind} host lacks "
+                          f"(it has {', '.join(site_kinds)})")
 
 
 def build_module(method: str, config: dict[str, Any] | None = None, task: str | None = None) -> "PeftModule":
@@ -83,6 +106,7 @@ class PeftModule(nn.Module):
     def attach(self, host) -> "PeftModule":
         if self.attached:
             raise MethodError(f"{self.method} module for task {self.task!r} is already attached")
+        check_sites(self, host.kind, host.site_kinds)
         fingerprint = host.fingerprint()
         if self.built_for is None:
             self.build(host)
@@ -102,6 +126,10 @@ class PeftModule(nn.Module):
         self._host_ref.clear()
 
     # -- to implement -------------------------------------------------------------
+    def required_sites(self) -> tuple[str, ...]:
+        """Site kinds this module needs on its host (checked against a host before anything trains)."""
+        return ()
+
     def build(self, host) -> None:
         """Create this module's parameters, sized to the host."""
         raise NotImplementedError

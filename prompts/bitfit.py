@@ -18,7 +18,7 @@ from prompts.base import MethodError, PeftModule, register_method
 class BitfitConfig:
     # Name suffixes of the layers to tune (peft-style matching); None = every
     # biased nn.Linear and nn.LayerNorm of the host. The paper's BitFit_X-MHA
-    # row is prompts.lora.XMHA_LINEARS.
+    # row is continual.hosts.grounding_dino.XMHA_LINEARS.
     target_modules: list[str] | None = None
 
 

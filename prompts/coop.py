@@ -13,13 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prompts.base import MethodError, PeftModule, register_method
+from prompts.base import PeftModule, check_at_least, register_method
 
 
 @dataclass
 class CoopConfig:
     tokens: int = 4
     init_std: float = 0.02
+
+    def __post_init__(self):
+        check_at_least("coop", "tokens", self.tokens, 0)
 
 
 @register_method
@@ -28,9 +31,10 @@ class Coop(PeftModule):
     Config = CoopConfig
     default_lr = 0.01
 
+    def required_sites(self):
+        return ("text_embeddings",)
+
     def build(self, host) -> None:
-        if self.config.tokens < 0:
-            raise MethodError(f"coop: tokens must be >= 0, got {self.config.tokens}")
         (embeddings,) = host.sites("text_embeddings").values()
         self.context = nn.Parameter(torch.randn(self.config.tokens, embeddings.embedding_dim) * self.config.init_std)
         self.register_buffer("slot_ids", torch.tensor(host.context_token_ids(self.config.tokens),

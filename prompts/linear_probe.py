@@ -32,6 +32,9 @@ class LinearProbe(PeftModule):
     Config = LinearProbeConfig
     default_lr = 0.001
 
+    def required_sites(self):
+        return ("heads",)
+
     def build(self, host) -> None:
         heads = host.sites("heads")
         first_of_group: dict[int, nn.Module] = {}  # tie key -> first head with those weights

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Optional
 
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
@@ -18,11 +19,9 @@ from peft.tuners.lora import LoraLayer
 import torch
 from torch import nn
 
-from prompts.base import MethodError, PeftModule, register_method
+from prompts.base import MethodError, PeftModule, check_at_least, register_method
 
 _names = itertools.count()
-# LoRA on the fusion cross-attention (the paper's LoRA_X-MHA row) by default.
-XMHA_LINEARS = ["vision_proj", "text_proj", "values_vision_proj", "values_text_proj", "out_vision_proj", "out_text_proj"]
 
 
 @dataclass
@@ -30,7 +29,13 @@ class LoraConfig:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(XMHA_LINEARS))
+    # peft-style name suffixes; None: the host's default (Grounding DINO: the fusion
+    # cross-attention, the SDPT paper's LoRA_X-MHA row; other hosts: attention query and value)
+    target_modules: Optional[list[str]] = None
+
+    def __post_init__(self):
+        check_at_least("lora", "r", self.r, 1)
+        check_at_least("lora", "dropout", self.dropout, 0.0)
 
 
 @contextlib.contextmanager
@@ -55,9 +60,7 @@ class Lora(PeftModule):
     default_lr = 0.001
 
     def build(self, host) -> None:
-        cfg = self.config
-        if cfg.r < 1:
-            raise MethodError(f"lora: r must be >= 1, got {cfg.r}")
+        self.targets = list(self.config.target_modules or host.default_lora_targets)
         self.adapter_name = f"lora{next(_names)}"
         layers = self._inject(host)
         self.site_names = list(layers)
@@ -67,7 +70,7 @@ class Lora(PeftModule):
     def _inject(self, host) -> dict[str, LoraLayer]:
         cfg = self.config
         peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                     target_modules=list(cfg.target_modules))
+                                     target_modules=self.targets)
         # peft activates only the new adapter model-wide; the other modules'
         # active adapters must survive this module's arrival.
         active = {n: list(m.active_adapters) for n, m in host.model.named_modules() if isinstance(m, LoraLayer)}
@@ -80,7 +83,7 @@ class Lora(PeftModule):
             try:
                 inject_adapter_in_model(peft_config, holder, adapter_name=self.adapter_name)
             except ValueError as err:  # peft: no module matched
-                raise MethodError(f"lora: target_modules {cfg.target_modules} match no linear layer of the host") from err
+                raise MethodError(f"lora: target_modules {self.targets} match no linear layer of the host") from err
             for name, layer in host.model.named_modules():
                 if isinstance(layer, LoraLayer):
                     mine = [self.adapter_name] if self.adapter_name in layer.lora_A else []
@@ -126,7 +129,7 @@ class Lora(PeftModule):
     def export_config(self) -> dict:
         cfg = self.config
         return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
-                "target_modules": list(cfg.target_modules), "bias": "none"}
+                "target_modules": list(self.targets), "bias": "none"}
 
     def on_enabled_changed(self) -> None:
         if self.attached:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prompts.base import MethodError, PeftModule, register_method
+from prompts.base import MethodError, PeftModule, check_at_least, check_choice, register_method
 
 
 @dataclass
@@ -34,6 +34,11 @@ class SdptConfig:
     layers: list[int] | None = None  # fusion layer indices; None = all
     init: str = "uniform"  # uniform(-1, 1) as the authors; or "normal" (std 0.02)
     text_prompt_mask: str = "sync"  # or "official"
+
+    def __post_init__(self):
+        check_at_least("sdpt", "k", self.k, 0)
+        check_choice("sdpt", "init", self.init, ("uniform", "normal"))
+        check_choice("sdpt", "text_prompt_mask", self.text_prompt_mask, ("sync", "official"))
 
 
 def inverse_projection(linear: nn.Linear) -> torch.Tensor:
@@ -47,12 +52,11 @@ class SdptPrompts(PeftModule):
     Config = SdptConfig
     default_lr = 0.3  # on the tiny host the best for a new world of 0.03, 0.1, 0.3 and 1.0 (README, issue 3)
 
+    def required_sites(self):
+        return ("fusion",)
+
     def build(self, host) -> None:
         cfg = self.config
-        if cfg.text_prompt_mask not in ("sync", "official"):
-            raise MethodError(f"sdpt: text_prompt_mask must be 'sync' or 'official', got {cfg.text_prompt_mask!r}")
-        if cfg.init not in ("uniform", "normal") or cfg.k < 0:
-            raise MethodError(f"sdpt: need k >= 0 and init 'uniform' or 'normal', got k={cfg.k}, init={cfg.init!r}")
         sites = list(host.sites("fusion").items())
         indices = list(range(len(sites))) if cfg.layers is None else list(cfg.layers)
         if any(not 0 <= i < len(sites) for i in indices):

@@ -1,55 +1,98 @@
-"""A detection task: named train/val data in COCO format and its category phrases."""
+"""A task: a kind, named train/val data, the class phrases the VLP is prompted with, and its evaluator.
+
+Kinds and their data:
+- ``detection``: a COCO-layout folder (COCO, Roboflow/ODinW) or ``synthetic:WORLD`` scenes;
+- ``classification``: an ImageFolder tree or arrow shards (tasks.classification),
+  or ``synthetic:WORLD`` object crops; ``shots: K`` keeps K training images per class.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator
+from tasks.classification import load_classification
 from tasks.coco import CocoDetection, find_split
 from tasks.errors import DataError
 from tasks.worlds import WORLDS, WorldSizes, world_folder
 
+TASK_KINDS = ("detection", "classification")
+PRIMARY_METRIC = {"detection": "mAP", "classification": "accuracy"}
+DEFAULT_TEMPLATE = "a photo of a {}."
+
 
 @dataclass
-class DetectionTask:
+class Task:
     name: str
+    kind: str
     root: Path
-    train: CocoDetection
-    val: CocoDetection
-    phrases: list[str]  # one per category, in the order of ``val.categories``
-    kind: str = "detection"
-    metric: str = "mAP"
+    train: Any  # CocoDetection or ImageClassification
+    val: Any
+    phrases: list[str]  # one per class, in the order of the data's class indices
+    template: str = "{}"  # how a class phrase becomes a sentence (hosts that prompt with sentences)
+    record: dict[str, Any] = field(default_factory=dict)  # what results.json keeps of the data (shots drawn, sizes)
+
+    @property
+    def metric(self) -> str:
+        """The statistic the results matrix holds for this task."""
+        return PRIMARY_METRIC[self.kind]
+
+    def evaluator(self):
+        """A fresh ``reset / process / evaluate`` evaluator over the validation split."""
+        if self.kind == "detection":
+            return CocoEvaluator(self.val.coco, self.val.categories)
+        return ClassificationEvaluator(len(self.phrases))
 
 
 def list_tasks() -> list[str]:
-    """Built-in task specs; any COCO-layout folder works too (``coco:PATH``)."""
+    """Built-in task specs; any COCO-layout or classification folder works too."""
     return [f"synthetic:{name}" for name in WORLDS]
 
 
-def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None) -> Path:
+def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None,
+                 kind: str = "detection") -> Path:
     if spec.startswith("synthetic:"):
-        return world_folder(spec.split(":", 1)[1], seed=seed, sizes=sizes or WorldSizes(), cache_root=cache_root)
-    folder = Path(spec.split(":", 1)[1] if spec.startswith("coco:") else spec)
+        return world_folder(spec.split(":", 1)[1], seed=seed, sizes=sizes or WorldSizes(), cache_root=cache_root,
+                            layout="coco" if kind == "detection" else "crops")
+    folder = Path(spec.split(":", 1)[1] if spec.startswith(("coco:", "folder:")) else spec)
     if not folder.is_dir():
-        raise DataError(f"task {spec!r}: not a known task ({', '.join(list_tasks())}) nor a COCO-layout folder")
+        raise DataError(f"task {spec!r}: not a known task ({', '.join(list_tasks())}) nor a dataset folder")
     return folder
 
 
 def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, str] | None = None,
-              seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None) -> DetectionTask:
-    """Load ``synthetic:WORLD``, ``coco:FOLDER`` or a folder path as a task.
+              seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None,
+              kind: str = "detection", shots: int | None = None, template: str = DEFAULT_TEMPLATE) -> Task:
+    """Load ``synthetic:WORLD``, ``coco:FOLDER`` or a folder path as a task of ``kind``.
 
-    Category phrases are the category names unless ``phrase_overrides`` maps
-    a name to another phrase (e.g. {"aeroplane": "airplane"}).
+    Class phrases are the category (or class folder) names unless
+    ``phrase_overrides`` maps a name to another phrase (e.g. {"aeroplane": "airplane"}).
+    ``shots``: K training images per class, drawn with ``seed`` (classification).
     """
-    root = resolve_root(spec, seed, sizes, cache_root)
-    train, val = (CocoDetection(*find_split(root, split)) for split in ("train", "val"))
-    if train.category_names != val.category_names:
-        raise DataError(f"{root}: train and val have different categories "
-                        f"({train.category_names} vs {val.category_names})")
+    if kind not in TASK_KINDS:
+        raise DataError(f"task {spec!r}: unknown kind {kind!r}; choose from {', '.join(TASK_KINDS)}")
+    if shots is not None and kind != "classification":
+        raise DataError(f"task {spec!r}: shots is for classification tasks, not {kind}")
+    root = resolve_root(spec, seed, sizes, cache_root, kind)
+    record: dict[str, Any] = {"kind": kind}
+    if kind == "detection":
+        train, val = (CocoDetection(*find_split(root, split)) for split in ("train", "val"))
+        names, other = val.category_names, train.category_names
+        if other != names:
+            raise DataError(f"{root}: train and val have different categories ({other} vs {names})")
+    else:
+        train, val = load_classification(root)
+        names = val.class_names
+        if shots is not None:
+            train, chosen = train.few_shot(shots, seed)
+            record.update(shots=shots, shot_seed=seed, shot_indices=chosen)
+    record.update(train_size=len(train), val_size=len(val))
     overrides = phrase_overrides or {}
-    unknown = set(overrides) - set(val.category_names)
+    unknown = set(overrides) - set(names)
     if unknown:
         raise DataError(f"task {spec!r}: phrase override(s) for unknown categories {sorted(unknown)}; "
-                        f"categories are {val.category_names}")
-    phrases = [overrides.get(n, n) for n in val.category_names]
-    return DetectionTask(name or spec.split(":", 1)[-1].rstrip("/").split("/")[-1], root, train, val, phrases)
+                        f"categories are {names}")
+    phrases = [overrides.get(n, n) for n in names]
+    task_name = name or spec.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    return Task(task_name, kind, root, train, val, phrases, template if kind == "classification" else "{}", record)

@@ -1,4 +1,4 @@
-"""Synthetic detection worlds, written to disk in COCO format.
+"""Synthetic worlds, written to disk: scenes in COCO format (detection), object crops as ImageFolder trees.
 
 A world is a set of categories (a phrase, a painter and a colour) on a
 background of its own. ``base`` is the COCO stand-in the tiny host is
@@ -6,6 +6,10 @@ pretrained on, and ``base-scenes`` the same shapes on every world's
 backgrounds (the second pretraining stage); the others are novel worlds with
 new categories and looks (``aquarium`` is the Aquarium stand-in). Generation
 is deterministic: the same world, seed and sizes give byte-identical files.
+
+The classification layout (``layout="crops"``) draws one object per image on
+the world's background, larger than in scenes, classes in turn (balanced):
+``train/CLASS/NNNNNN.png`` and ``val/CLASS/NNNNNN.png``.
 """
 from __future__ import annotations
 
@@ -231,27 +235,57 @@ def _write_split(world: World, split: str, count: int, seed: int, sizes: WorldSi
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, sort_keys=True))
 
 
+def render_crop(world: World, rng: np.random.Generator, index: int, size: int) -> Image.Image:
+    """One object of category ``index`` filling most of an image of the world's background."""
+    image = Image.fromarray(world.background(rng, size))
+    side = rng.uniform(0.45, 0.8) * size
+    w, h = min(size - 2, side * rng.uniform(0.85, 1.15)), min(size - 2, side * rng.uniform(0.85, 1.15))
+    x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+    spec = world.categories[index]
+    color = tuple(int(c) for c in np.clip(np.array(spec.color) + rng.integers(-20, 21, 3), 0, 255))
+    spec.painter(ImageDraw.Draw(image), (x0, y0, x0 + w, y0 + h), color,
+                 **({"detail": spec.detail} if spec.detail else {}))
+    return image
+
+
+def _write_crops(world: World, split: str, count: int, seed: int, sizes: WorldSizes, root: Path) -> None:
+    rng = np.random.default_rng([seed, _stable_int(world.name), _stable_int(split), _stable_int("crops")])
+    for spec in world.categories:
+        (root / split / spec.name).mkdir(parents=True)
+    for n in range(count):
+        index = n % len(world.categories)
+        image = render_crop(world, rng, index, sizes.image_size)
+        image.save(root / split / world.categories[index].name / f"{n + 1:06d}.png", optimize=False)
+
+
+LAYOUTS = {"coco": _write_split, "crops": _write_crops}
+
+
 def default_cache_root() -> Path:
     return Path(os.environ.get("CONTINUAL_CACHE", Path.home() / ".cache" / "continual-vlp")) / "worlds"
 
 
-def world_folder(name: str, seed: int = 0, sizes: WorldSizes = WorldSizes(), cache_root: Path | None = None) -> Path:
-    """The folder holding the world in COCO layout; generated on first use.
+def world_folder(name: str, seed: int = 0, sizes: WorldSizes = WorldSizes(), cache_root: Path | None = None,
+                 layout: str = "coco") -> Path:
+    """The folder holding the world in a layout (``coco`` scenes or ``crops``); generated on first use.
 
     Written to a temporary sibling and renamed into place, so a folder that
     exists is complete.
     """
     world = get_world(name)
     root = Path(cache_root or default_cache_root())
-    target = root / f"{name}-seed{seed}-{sizes.key()}"
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown world layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    target = root / (f"{name}-seed{seed}-{sizes.key()}" + ("" if layout == "coco" else f"-{layout}"))
     if target.exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        _write_split(world, "train", sizes.train, seed, sizes, tmp)
-        _write_split(world, "val", sizes.val, seed, sizes, tmp)
-        (tmp / "world.json").write_text(json.dumps({"world": name, "seed": seed, "sizes": sizes.__dict__}, sort_keys=True))
+        LAYOUTS[layout](world, "train", sizes.train, seed, sizes, tmp)
+        LAYOUTS[layout](world, "val", sizes.val, seed, sizes, tmp)
+        (tmp / "world.json").write_text(json.dumps({"world": name, "seed": seed, "sizes": sizes.__dict__,
+                                                    "layout": layout}, sort_keys=True))
         os.rename(tmp, target)
     except OSError:
         if not target.exists():

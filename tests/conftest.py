@@ -19,6 +19,13 @@ def tiny_host():
 
 
 @pytest.fixture(scope="session")
+def tiny_clip_host():
+    from continual.hosts.dual_encoder import DualEncoderHost
+
+    return DualEncoderHost.build_tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
 def world_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("worlds")
 

@@ -1,20 +1,73 @@
-"""The command line, as users and outside checks call it (the real console script)."""
+"""The command line, as users and outside checks call it: in process (``main([...])``), and once
+through the real console script."""
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from continual.cli import main
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 
 
-def _run(*args, timeout=600):
-    return subprocess.run([CONTINUAL, *args], capture_output=True, text=True, timeout=timeout)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_eval_json_contract_on_the_shipped_checkpoint():
+@pytest.fixture
+def _run(capsys, monkeypatch, world_cache):
+    """``continual ARGS`` in this process: exit status, stdout and stderr, as a subprocess would give them."""
+    monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse: --help, usage errors
+            code = exit.code or 0
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+    return run
+
+
+def test_console_script_answers_help_without_loading_torch():
+    out = subprocess.run([CONTINUAL, "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: continual run" in out.stdout
+
+
+def test_hosts_json_contract(_run):
+    out = _run("hosts", "--json")
+    assert out.returncode == 0, out.stderr
+    hosts = {h["name"]: h for h in json.loads(out.stdout)}
+    assert hosts["builtin:tiny-base"]["kind"] == "grounding-dino" and "fusion" in hosts["builtin:tiny-base"]["site_kinds"]
+    assert hosts["builtin:tiny-clip"]["kind"] == "dual-encoder"
+    assert hosts["builtin:tiny-clip"]["task_kinds"] == ["classification"]
+    assert all({"name", "kind", "task_kinds", "site_kinds"} <= set(h) for h in hosts.values())
+
+
+def test_eval_classification_json_contract_on_tiny_clip(_run):
+    out = _run("eval", "--checkpoint", "builtin:tiny-clip", "--task", "synthetic:base", "--kind", "classification",
+               "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout)
+    assert metrics["accuracy"] >= 0.7, "the shipped tiny-clip must reach zero-shot top-1 0.7 on the base world"
+    assert {"accuracy", "mean_class_accuracy"} <= set(metrics)
+
+
+def test_a_bad_value_in_a_later_step_writes_nothing(_run, tmp_path):
+    out = _run("run", SMOKE, f"run_dir={tmp_path / 'd'}", "stream.1.config.text_prompt_mask=half")
+    assert out.returncode == 2 and "stream.1.config: sdpt: text_prompt_mask must be one of" in out.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_eval_json_contract_on_the_shipped_checkpoint(_run):
     out = _run("eval", "--checkpoint", "builtin:tiny-base", "--task", "synthetic:base", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads(out.stdout)
@@ -22,12 +75,12 @@ def test_eval_json_contract_on_the_shipped_checkpoint():
     assert metrics["mAP"] >= 0.35, "the shipped checkpoint must reach base-world val mAP 0.35"
 
 
-def test_list_tasks_names_the_aquarium_world():
+def test_list_tasks_names_the_aquarium_world(_run):
     out = _run("eval", "--list-tasks")
     assert out.returncode == 0 and "synthetic:aquarium" in out.stdout.split()
 
 
-def test_methods_json_contract():
+def test_methods_json_contract(_run):
     out = _run("methods", "--checkpoint", "builtin:tiny-base", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {row["method"]: row for row in json.loads(out.stdout)}
@@ -38,7 +91,7 @@ def test_methods_json_contract():
     assert rows["full_ft"]["fraction"] == 1.0
 
 
-def test_bad_input_is_one_line_error_not_a_traceback(tmp_path):
+def test_bad_input_is_one_line_error_not_a_traceback(_run, tmp_path):
     out = _run("eval", "--checkpoint", "builtin:tiny-base", "--task", str(tmp_path / "nowhere"))
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
@@ -48,8 +101,7 @@ TINY_PRETRAIN = ["stages.shapes.train.steps=3", "stages.shapes.train_images=16",
                  "stages.scenes.train_images=16", "val_images=8", "eval_every=0"]
 
 
-def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(tmp_path, monkeypatch):
-    monkeypatch.setenv("CONTINUAL_CACHE", str(tmp_path / "cache"))
+def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_path):
     first = _run("pretrain", "--out", str(tmp_path / "shapes"), "--stage", "shapes", *TINY_PRETRAIN)
     assert first.returncode == 0, first.stderr[-2000:]
     again = _run("pretrain", "--out", str(tmp_path / "ckpt"), "--from", str(tmp_path / "shapes"),
@@ -69,17 +121,29 @@ def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(tmp_path, 
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
 
+def test_pretrain_dual_encoder_records_zero_shot_accuracy_on_every_world(_run, tmp_path):
+    out = _run("pretrain", "--host", "dual-encoder", "--out", tmp_path / "clip", "stages.captions.train.steps=2",
+               "stages.captions.train_images=24", "stages.captions.train.batch_size=4", "eval_every=0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "clip" / "pretrain.json").read_text())
+    assert record["host"] == "dual-encoder" and [s["name"] for s in record["stages"]] == ["captions"]
+    assert "accuracy" in record["base_val"] and len(record["zero_shot"]) == 5
+    assert "saved" in out.stdout and "zero-shot aquarium" in out.stdout
+    listed = _run("eval", "--checkpoint", tmp_path / "clip", "--task", "synthetic:fruit", "--json")
+    assert listed.returncode == 0 and "accuracy" in json.loads(listed.stdout)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--stage", "scenery"], "unknown stage(s) ['scenery']; stages are shapes, scenes"),
     (["stages.scenes.trian.steps=3"], "unknown config key 'stages.scenes.trian'; did you mean 'train'?"),
 ])
-def test_pretrain_refuses_unknown_stages_and_keys(tmp_path, args, message):
+def test_pretrain_refuses_unknown_stages_and_keys(_run, tmp_path, args, message):
     out = _run("pretrain", "--out", str(tmp_path / "ckpt"), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_run_smoke_config_then_report_and_compare(tmp_path):
+def test_run_smoke_config_then_report_and_compare(_run, tmp_path):
     run_dir = tmp_path / "smoke"
     out = _run("run", SMOKE, f"run_dir={run_dir}")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -97,19 +161,19 @@ def test_run_smoke_config_then_report_and_compare(tmp_path):
     ("train.stpes=3", "unknown config key 'train.stpes'; did you mean 'steps'"),
     ("policy=sometimes", "policy must be one of"),
 ])
-def test_run_refuses_bad_keys_before_loading_anything(tmp_path, override, expected):
+def test_run_refuses_bad_keys_before_loading_anything(_run, tmp_path, override, expected):
     out = _run("run", SMOKE, f"run_dir={tmp_path / 'x'}", override)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and expected in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("command", ["run", "report", "compare", "train", "eval", "methods"])
-def test_help(command):
+@pytest.mark.parametrize("command", ["run", "report", "compare", "train", "eval", "methods", "hosts", "pretrain"])
+def test_help(_run, command):
     out = _run(command, "--help")
     assert out.returncode == 0 and "usage:" in out.stdout
 
 
-def test_train_one_module_on_top_of_another(tmp_path):
+def test_train_one_module_on_top_of_another(_run, tmp_path):
     first = _run("train", "--method", "bitfit", "--task", "synthetic:base", "--steps", "2", "--out",
                  str(tmp_path / "first"), "--json")
     assert first.returncode == 0, first.stderr[-2000:]

@@ -24,7 +24,7 @@ def write(tmp_path, text, name="c.yaml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "compat.yaml", "stream6.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "compat.yaml", "stream6.yaml", "smoke-classify.yaml", "classify.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert all(steps for steps in cfg.streams().values())
@@ -59,6 +59,21 @@ BAD = {
     "not a mapping": ("- a\n- b\n", [], "a config is a mapping"),
     "invalid yaml": ("a: [1, 2\n", [], "not valid YAML"),
     "bad override syntax": (GOOD, ["novalue"], "command line"),
+    "bad method value in a later step": (GOOD, ["stream.1.config.text_prompt_mask=half"],
+                                         "stream.1.config: sdpt: text_prompt_mask must be one of 'sync', 'official', "
+                                         "got 'half'"),
+    "method without its sites on the host": (
+        GOOD.replace("name: t", "name: t\nhost: builtin:tiny-clip-init").replace('"synthetic:base"}', '"synthetic:base", kind: classification}').replace('"synthetic:aquarium"}', '"synthetic:aquarium", kind: classification}'),
+        [], "stream.1.method: sdpt needs site kind(s) ['fusion'], which a dual-encoder host lacks"),
+    "task kind the host does not support": (GOOD, ["host=builtin:tiny-clip-init"],
+                                            "stream.0.task: a detection task, but the host is a dual-encoder"),
+    "unknown task kind": (GOOD.replace('"synthetic:base"}', '"synthetic:base", kind: vqa}'), [],
+                          "tasks.base.kind: must be one of ('detection', 'classification'), got 'vqa'"),
+    "shots on a detection task": (GOOD.replace('"synthetic:base"}', '"synthetic:base", shots: 4}'), [],
+                                  "tasks.base.shots: a positive number of images per class, for classification"),
+    "template without a slot": (GOOD.replace('"synthetic:base"}', '"synthetic:base", template: "a photo"}'), [],
+                                "tasks.base.template: must contain {}"),
+    "unknown host": (GOOD, ["host=builtin:tiny-clipp"], "host: unknown built-in host 'builtin:tiny-clipp'"),
 }
 
 

@@ -50,14 +50,14 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
 
 def test_own_policy_keeps_old_task_metrics_exactly(tmp_path):
     _, results = run_smoke(tmp_path, "policy=own")
-    coco = results["coco"]["rows"]
+    coco = results["metrics"]["rows"]
     assert coco[0]["base"] == coco[1]["base"]  # every COCO statistic, bit for bit
     assert results["derived"]["forgetting"]["base"] == 0.0
 
 
 def test_all_policy_lets_the_later_module_act_on_the_old_task(tmp_path):
     _, results = run_smoke(tmp_path, "policy=all", "stream.1.method=adapter", "train.steps=6", "train.lr=0.05")
-    coco = results["coco"]["rows"]
+    coco = results["metrics"]["rows"]
     assert coco[0]["base"] != coco[1]["base"]
 
 
@@ -91,8 +91,8 @@ settings:
     assert first["matrix"][1][0] == first["matrix"][0][0]  # the zero-shot step trains nothing
     rows = json.loads((run_dir / "compat.json").read_text())
     assert [r["setting"] for r in rows] == ["a+none", "a+sdpt"]
-    assert {"setting", "old_task", "new_task", "old_map", "new_map"} <= set(rows[0])
-    assert rows[1]["new_map"] == second["matrix"][1][1]
+    assert {"setting", "metric", "old_task", "new_task", "old_metric", "new_metric"} <= set(rows[0])
+    assert rows[1]["new_metric"] == second["matrix"][1][1]
     assert (run_dir / "plots" / "retention_vs_new.png").is_file() and (run_dir / "report.md").is_file()
 
 

@@ -1,9 +1,12 @@
 """The Grounding DINO host: save/load, prompts and spans, sites, fingerprint, loss."""
 import pytest
 import torch
+
+from continual.hosts.base import Batch
 from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps
 
-from continual.hosts.grounding_dino import SITE_KINDS, GroundingDinoHost, HostError
+from continual.hosts.base import HostError, build_host
+from continual.hosts.grounding_dino import SITE_KINDS, GroundingDinoHost
 from continual.hosts.prompts import build_prompts
 from tasks.errors import DataError
 
@@ -18,7 +21,8 @@ def test_save_pretrained_from_pretrained_identical_outputs(tiny_host, tmp_path):
     tiny_host.save_pretrained(tmp_path / "ckpt")
     loaded = GroundingDinoHost.from_pretrained(tmp_path / "ckpt")
     assert loaded.fingerprint() == tiny_host.fingerprint()
-    a, b = tiny_host.predict(_pixels(), PHRASES), loaded.predict(_pixels(), PHRASES)
+    batch = Batch("detection", _pixels(), PHRASES)
+    a, b = tiny_host.predict(batch), loaded.predict(batch)
     for x, y in zip(a, b):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(x[key], y[key])
@@ -42,7 +46,7 @@ def test_long_category_list_is_split_into_prompts(tiny_host):
     assert len(prompts) > 1
     assert [i for p in prompts for i in p.phrase_indices] == list(range(40))
     assert all(p.input_ids.shape[1] <= 32 for p in prompts)
-    preds = tiny_host.predict(_pixels(1), phrases, top_k=50)
+    preds = tiny_host.predict(Batch("detection", _pixels(1), phrases), top_k=50)
     assert preds[0]["labels"].max() < 40 and preds[0]["scores"].shape == (50,)
 
 
@@ -71,10 +75,14 @@ def test_fingerprint_tracks_weights_only(tiny_host):
     before = tiny_host.fingerprint()
     assert tiny_host.fingerprint() == before
     weight = tiny_host.sites("fusion")["model.encoder.layers.0.fusion_layer.attn"].vision_proj.weight
-    with torch.no_grad():
-        weight[0, 0] += 1.0
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[0, 0] += 1.0
         changed = tiny_host.fingerprint()
-        weight[0, 0] -= 1.0
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)  # restored from a clone: bit-exact, whatever happened above
     assert changed != before
     assert tiny_host.fingerprint() == before
 
@@ -82,7 +90,7 @@ def test_fingerprint_tracks_weights_only(tiny_host):
 def test_loss_trains_and_keeps_labels_per_prompt(tiny_host):
     targets = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
                {"class_labels": torch.tensor([3]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
-    loss, parts = tiny_host.loss(_pixels(), PHRASES, targets)
+    loss, parts = tiny_host.loss(Batch("detection", _pixels(), PHRASES, targets=targets))
     assert torch.isfinite(loss) and {"loss_ce", "loss_bbox", "loss_giou"} <= set(parts)
     params = list(tiny_host.sites("heads")["bbox_embed.0"].parameters())
     grads = torch.autograd.grad(loss, params)
@@ -90,5 +98,5 @@ def test_loss_trains_and_keeps_labels_per_prompt(tiny_host):
 
 
 def test_unknown_builtin_checkpoint():
-    with pytest.raises(HostError, match="unknown built-in checkpoint"):
-        GroundingDinoHost.from_pretrained("builtin:nothing-here")
+    with pytest.raises(HostError, match="unknown built-in host 'builtin:nothing-here'; known: .*tiny-base"):
+        build_host("builtin:nothing-here")

@@ -1,90 +1,127 @@
-"""Every registered method, through one life cycle: attach, train a step, save, load, detach.
+"""Every registered method on every registered host whose sites it needs, through one life cycle:
+attach, train a step, save, load, detach.
 
-Like timm's registry-wide tests: a method is tested the day it is registered.
+Like timm's registry-wide tests: a method (or a host) is tested the day it is registered.
 """
 import pytest
 import torch
 
+from continual.hosts.base import HOSTS, Batch, _register_builtin_hosts
 from prompts import METHODS, Stack, build_module, load_module, parameter_counts, save_module
+from prompts.base import MethodError
 
-PHRASES = ["red circle", "fish", "one way arrow"]
-TARGETS = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
-           {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
+_register_builtin_hosts()
 # Methods whose fresh module is exactly the identity, and token methods at k = 0.
 IDENTITY_CONFIGS = {"adapter": {}, "lora": {}, "bitfit": {}, "linear_probe": {}, "full_ft": {},
                     "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0}}
+HOST_FIXTURES = {"grounding-dino": "tiny_host", "dual-encoder": "tiny_clip_host"}
+DETECTION_PHRASES = ["red circle", "fish", "one way arrow"]
+DETECTION_TARGETS = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
+                     {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
 
 
-def _pixels():
-    return torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+def _pixels(host):
+    return torch.randn(2, 3, host.image_size, host.image_size, generator=torch.Generator().manual_seed(1))
 
 
-def _outputs(host, phrases=PHRASES):
+def _batch(host, train: bool = False) -> Batch:
+    if host.kind == "grounding-dino":
+        return Batch("detection", _pixels(host), DETECTION_PHRASES, targets=DETECTION_TARGETS if train else None)
+    targets = [{"label": torch.tensor(0)}, {"label": torch.tensor(2)}] if train else None
+    return Batch("classification", _pixels(host), DETECTION_PHRASES, "a photo of a {}.", targets)
+
+
+def _outputs(host):
+    """The host's raw outputs on a fixed batch (before any top-k or softmax)."""
     with torch.no_grad():
-        out = host._forward(_pixels(), host.prompts(phrases)[0])
-    return out.pred_boxes.clone(), out.logits.clone()
+        if host.kind == "grounding-dino":
+            out = host.raw_outputs(_pixels(host), host.prompts(DETECTION_PHRASES)[0])
+            return out.pred_boxes.clone(), out.logits.clone()
+        return (host.logits(_batch(host)).clone(),)
 
 
 def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_identity_configs_cover_the_registry():
+def _case_list():
+    for host_kind, cls in sorted(HOSTS.items()):
+        for method in sorted(METHODS):
+            needs = set(build_module(method).required_sites())
+            if needs <= set(cls.site_kinds):
+                yield pytest.param(host_kind, method, id=f"{host_kind}-{method}")
+
+
+CASES = list(_case_list())
+
+
+def test_the_registries_are_covered():
     assert set(IDENTITY_CONFIGS) == set(METHODS)
+    assert set(HOST_FIXTURES) == set(HOSTS)
+    # every method runs on some host, and a host with fusion layers runs SDPT
+    assert {m for _, m in (c.values for c in CASES)} == set(METHODS)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_identity_attach_and_detach_restore_outputs(tiny_host, method):
-    before = _outputs(tiny_host)
-    module = build_module(method, IDENTITY_CONFIGS[method]).attach(tiny_host)
+@pytest.mark.parametrize("host_kind, method", CASES)
+def test_identity_attach_and_detach_restore_outputs(request, host_kind, method):
+    host = request.getfixturevalue(HOST_FIXTURES[host_kind])
+    before = _outputs(host)
+    module = build_module(method, IDENTITY_CONFIGS[method]).attach(host)
     try:
-        assert _same(_outputs(tiny_host), before), "a fresh identity module changed the host's outputs"
+        assert _same(_outputs(host), before), "a fresh identity module changed the host's outputs"
     finally:
         module.detach()
-    assert _same(_outputs(tiny_host), before)
+    assert _same(_outputs(host), before)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_life_cycle(tiny_host, method, tmp_path):
-    base_outputs, fingerprint = _outputs(tiny_host), tiny_host.fingerprint()
-    stack = Stack(tiny_host)
-    module = stack.push(build_module(method, task="t0"))
-    params = stack.train_only(module)
-    assert params and all(p.requires_grad for p in params)
-    trainable_ids = {id(p) for p in params}
-    frozen = [p for p in tiny_host.parameters() if id(p) not in trainable_ids]
-    assert all(not p.requires_grad for p in frozen)
-    counts = parameter_counts(tiny_host, module)
-    assert counts["trainable_params"] == sum(p.numel() for p in params)
+@pytest.mark.parametrize("host_kind, method", CASES)
+def test_life_cycle(request, host_kind, method, tmp_path):
+    host = request.getfixturevalue(HOST_FIXTURES[host_kind])
+    base_outputs, fingerprint = _outputs(host), host.fingerprint()
+    stack = Stack(host)
+    try:
+        module = stack.push(build_module(method, task="t0"))
+        params = stack.train_only(module)
+        assert params and all(p.requires_grad for p in params)
+        trainable_ids = {id(p) for p in params}
+        assert all(not p.requires_grad for p in host.parameters() if id(p) not in trainable_ids)
+        assert parameter_counts(host, module)["trainable_params"] == sum(p.numel() for p in params)
 
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
-    before_step = [p.detach().clone() for p in params]
-    loss, _ = tiny_host.loss(_pixels(), PHRASES, TARGETS)
-    loss.backward()
-    optimizer.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before_step, params)), "one step changed nothing"
-    trained = _outputs(tiny_host)
-    if method != "full_ft":
-        assert tiny_host.fingerprint() == fingerprint, "training a module changed the frozen host"
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        before_step = [p.detach().clone() for p in params]
+        loss, _ = host.loss(_batch(host, train=True))
+        loss.backward()
+        optimizer.step()
+        assert any(not torch.equal(b, p) for b, p in zip(before_step, params)), "one step changed nothing"
+        trained = _outputs(host)
+        if method != "full_ft":
+            assert host.fingerprint() == fingerprint, "training a module changed the frozen host"
+        save_module(module, tmp_path / "m", host, metrics={"metric": 0.5})
+    finally:
+        stack.clear()  # the shared host is left as found, even when an assertion failed
+        host.requires_grad_(False)
+    assert host.fingerprint() == fingerprint and _same(_outputs(host), base_outputs)
 
-    save_module(module, tmp_path / "m", tiny_host, metrics={"mAP": 0.5})
-    stack.clear()
-    assert tiny_host.fingerprint() == fingerprint and _same(_outputs(tiny_host), base_outputs)
-
-    loaded = load_module(tmp_path / "m", tiny_host)
+    loaded = load_module(tmp_path / "m", host)
     try:
         assert loaded.method == method and loaded.task == "t0"
-        assert _same(_outputs(tiny_host), trained), "save -> load is not bit-identical"
+        assert _same(_outputs(host), trained), "save -> load is not bit-identical"
     finally:
         loaded.detach()
-    assert _same(_outputs(tiny_host), base_outputs)
-    tiny_host.requires_grad_(False)
+    assert _same(_outputs(host), base_outputs)
 
 
-def test_unknown_method_and_config_key():
-    from prompts import MethodError
+def test_a_method_on_a_host_without_its_sites_is_a_clear_error(tiny_clip_host):
+    with pytest.raises(MethodError, match=r"sdpt needs site kind\(s\) \['fusion'\], which a dual-encoder host lacks"):
+        build_module("sdpt").attach(tiny_clip_host)
 
+
+def test_unknown_method_and_config_key_and_bad_values():
     with pytest.raises(MethodError, match="unknown method 'prefix'"):
         build_module("prefix")
     with pytest.raises(MethodError, match=r"sdpt: unknown config key\(s\) \['kk'\]"):
         build_module("sdpt", {"kk": 3})
+    with pytest.raises(MethodError, match="sdpt: text_prompt_mask must be one of 'sync', 'official', got 'half'"):
+        build_module("sdpt", {"text_prompt_mask": "half"})
+    with pytest.raises(MethodError, match="adapter: bottleneck must be a number >= 1, got 0"):
+        build_module("adapter", {"bottleneck": 0})

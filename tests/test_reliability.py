@@ -14,7 +14,7 @@ from continual import atomic, engine
 from continual.atomic import OutputError
 from continual.config import load_config
 from continual.plugins import NonFiniteLossError
-from continual.strategy import HostDetector
+from continual.strategy import HostModel
 from tasks.errors import DataError
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
@@ -76,18 +76,18 @@ def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrup
 
 
 def test_nan_loss_stops_the_run_naming_task_and_step(tmp_path, monkeypatch):
-    forward = HostDetector.forward
+    forward = HostModel.forward
     calls = {"n": 0}
 
-    def poisoned(self, images, targets=None):
-        out = forward(self, images, targets)
+    def poisoned(self, images, targets=None, task=None):
+        out = forward(self, images, targets, task)
         if self.training:
             calls["n"] += 1
             if calls["n"] == 3:
                 out = {"loss": out["loss"] * torch.tensor(float("nan"))}
         return out
 
-    monkeypatch.setattr(HostDetector, "forward", poisoned)
+    monkeypatch.setattr(HostModel, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"task 'base'.* loss is nan at step 3 of 4"):
         engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"]), progress=False)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+
+from continual.hosts.base import Batch
 from safetensors.torch import save_file
 
 from prompts import Stack, StoreError, build_module, load_module, save_module
@@ -15,7 +17,7 @@ PHRASES = ["red circle", "fish"]
 def _outputs(host):
     pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        out = host._forward(pixels, host.prompts(PHRASES)[0])
+        out = host.raw_outputs(pixels, host.prompts(PHRASES)[0])
     return out.pred_boxes.clone(), out.encoder_last_hidden_state_vision.clone()
 
 
@@ -66,7 +68,7 @@ def test_training_a_new_module_leaves_host_and_earlier_modules_bit_identical(sta
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     targets = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .3, .3]])}] * 2
     for _ in range(3):
-        loss, _ = tiny_host.loss(torch.randn(2, 3, 128, 128), PHRASES, targets)
+        loss, _ = tiny_host.loss(Batch("detection", torch.randn(2, 3, 128, 128), PHRASES, targets=targets))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -168,7 +170,7 @@ def test_loads_a_lora_folder_saved_by_hf_peft(tiny_host, tmp_path):
     try:
         assert module.method == "lora"
         with torch.no_grad():
-            got = tiny_host._forward(pixels, prompt).pred_boxes
+            got = tiny_host.raw_outputs(pixels, prompt).pred_boxes
         assert torch.allclose(got, expected, atol=1e-6)
     finally:
         module.detach()

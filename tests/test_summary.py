@@ -16,7 +16,7 @@ def test_full_matrix():
     assert d["bwt"] == pytest.approx(-0.075) and d["fwt"] == pytest.approx(0.065)
     assert d["forgetting"] == pytest.approx({"a": 0.20, "b": -0.05, "c": None})
     assert d["retention"]["a"] == pytest.approx(0.6)
-    assert d["old_map"] == pytest.approx(0.475) and d["new_map"] == 0.70
+    assert d["old_metric"] == pytest.approx(0.475) and d["new_metric"] == 0.70
     assert d["hap"] == pytest.approx(2 * 0.475 * 0.70 / (0.475 + 0.70))
     assert d["zero_shot_retention"] == pytest.approx({"held": 0.75})
 

