@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv pretrain clean
+.PHONY: demo test venv pretrain pretrain-clip clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 pretrain: $(STAMP)
 	$(BIN)/continual pretrain --out continual/checkpoints/tiny-base
+
+pretrain-clip: $(STAMP)
+	$(BIN)/continual pretrain --host dual-encoder --out continual/checkpoints/tiny-clip
 
 clean:
 	rm -rf $(VENV)

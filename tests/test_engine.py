@@ -11,6 +11,7 @@ from continual.plugins import IntegrityError
 from continual.strategy import StepSampler, StreamStrategy
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE_CLASSIFY = SMOKE.with_name("smoke-classify.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -18,14 +19,29 @@ def cached_worlds(monkeypatch, world_cache):
     monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
 
 
-def run_smoke(tmp_path, *overrides, name="run"):
-    cfg = load_config(SMOKE, [f"run_dir={tmp_path / name}", *overrides])
+def run_smoke(tmp_path, *overrides, name="run", config=SMOKE):
+    cfg = load_config(config, [f"run_dir={tmp_path / name}", *overrides])
     run_dir = engine.run(cfg, progress=False)
     return run_dir, json.loads((run_dir / "results.json").read_text())
 
 
-def test_miniature_stream_writes_every_output(tmp_path):
-    run_dir, results = run_smoke(tmp_path)
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, world_cache):
+    """The smoke stream, run once for the tests that only read its outputs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONTINUAL_CACHE", str(world_cache))
+        return run_smoke(tmp_path_factory.mktemp("smoke"))
+
+
+@pytest.fixture(scope="module")
+def smoke_classify(tmp_path_factory, world_cache):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONTINUAL_CACHE", str(world_cache))
+        return run_smoke(tmp_path_factory.mktemp("smoke-classify"), config=SMOKE_CLASSIFY)
+
+
+def test_miniature_stream_writes_every_output(smoke):
+    run_dir, results = smoke
     assert results["tasks"] == ["base", "aquarium"]
     assert len(results["zero_shot"]) == 2
     assert [len(row) for row in results["matrix"]] == [2, 2]
@@ -42,10 +58,27 @@ def test_miniature_stream_writes_every_output(tmp_path):
     assert "| zero-shot |" in report and "after aquarium (sdpt)" in report
 
 
-def test_same_config_and_seed_give_identical_results(tmp_path):
-    a = run_smoke(tmp_path, name="a")[0] / "results.json"
-    b = run_smoke(tmp_path, name="b")[0] / "results.json"
-    assert a.read_bytes() == b.read_bytes()
+def test_same_config_and_seed_give_identical_results(smoke, tmp_path):
+    again = run_smoke(tmp_path, name="again")[0] / "results.json"
+    assert again.read_bytes() == (smoke[0] / "results.json").read_bytes()
+
+
+def test_classification_stream_on_the_dual_encoder(smoke_classify):
+    run_dir, results = smoke_classify
+    assert results["host"] == "builtin:tiny-clip" and results["metric_names"] == {"base": "accuracy",
+                                                                                  "aquarium": "accuracy"}
+    assert all(0.0 <= v <= 1.0 for row in [results["zero_shot"], *results["matrix"]] for v in row)
+    assert {"accuracy", "mean_class_accuracy"} <= set(results["metrics"]["rows"][1]["aquarium"])
+    assert results["data"]["aquarium"]["shots"] == 2 and results["data"]["aquarium"]["train_size"] == 10
+    assert [m["method"] for m in results["modules"]] == ["adapter", "coop"]
+    assert "top-1 accuracy" in (run_dir / "report.md").read_text() and (run_dir / "plots" / "matrix.png").is_file()
+    cache = json.loads((run_dir / "timing.json").read_text())["steps"]
+    assert set(cache[0]["trunk_cache"]) == {"text"} and set(cache[1]["trunk_cache"]) == {"image"}
+
+
+def test_feature_cache_changes_no_classification_result(smoke_classify, tmp_path):
+    plain = run_smoke(tmp_path, "feature_cache=false", config=SMOKE_CLASSIFY)[0] / "results.json"
+    assert plain.read_bytes() == (smoke_classify[0] / "results.json").read_bytes()
 
 
 def test_own_policy_keeps_old_task_metrics_exactly(tmp_path):
@@ -96,12 +129,12 @@ settings:
     assert (run_dir / "plots" / "retention_vs_new.png").is_file() and (run_dir / "report.md").is_file()
 
 
-def test_a_run_folder_of_another_config_is_refused(tmp_path):
-    run_smoke(tmp_path)
+def test_a_run_folder_of_another_config_is_refused(smoke):
+    run_dir = smoke[0]
     with pytest.raises(engine.RunError, match="already holds a run"):
-        run_smoke(tmp_path)
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}"]), progress=False)
     with pytest.raises(engine.RunError, match="another config"):
-        engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'run'}", "train.steps=3"]), resume=True)
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "train.steps=3"]), resume=True)
 
 
 def test_step_sampler_restarts_mid_stream_on_the_same_batches():

@@ -19,6 +19,7 @@ from tasks.errors import DataError
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE_CLASSIFY = SMOKE.with_name("smoke-classify.yaml")
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +27,12 @@ def cached_worlds(monkeypatch, world_cache):
     monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
 
 
-def continual_run(run_dir, *extra, crash_at=None):
+def continual_run(run_dir, *extra, crash_at=None, config=SMOKE):
     env = dict(os.environ)
     env.pop("CONTINUAL_CRASH_AT", None)
     if crash_at:
         env["CONTINUAL_CRASH_AT"] = crash_at
-    return subprocess.run([CONTINUAL, "run", str(SMOKE), f"run_dir={run_dir}", *extra], capture_output=True,
+    return subprocess.run([CONTINUAL, "run", str(config), f"run_dir={run_dir}", *extra], capture_output=True,
                           text=True, timeout=600, env=env)
 
 
@@ -66,6 +67,17 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, uninterrupted, po
     resumed = continual_run(run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (run_dir / "results.json").read_bytes() == uninterrupted
+
+
+def test_classification_stream_resumes_exactly_after_sigkill(tmp_path):
+    reference = continual_run(tmp_path / "reference", config=SMOKE_CLASSIFY)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    killed = continual_run(run_dir, crash_at="train-step:7", config=SMOKE_CLASSIFY)  # mid-training, second task
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = continual_run(run_dir, "--resume", config=SMOKE_CLASSIFY)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (run_dir / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
 
 
 def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrupted):
