@@ -63,7 +63,7 @@ def run_report(results: dict) -> str:
         _table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
                matrix_rows),
         "## Derived metrics",
-        _table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "hAP(old, new)"],
+        _table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
                [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
                  _f(d["hap"])]]),
         _table(["task", "retention", "forgetting"],

@@ -141,3 +141,20 @@ def test_step_sampler_restarts_mid_stream_on_the_same_batches():
     full = list(StepSampler(size=5, batch_size=3, steps=6, seed=1))
     assert len(full) == 18 and sorted(full[:5]) == list(range(5))  # whole permutations back to back
     assert list(StepSampler(size=5, batch_size=3, steps=6, seed=1, start=4)) == full[12:]
+
+
+def test_report_reads_results_written_before_task_kinds(smoke, tmp_path):
+    results = json.loads((smoke[0] / "results.json").read_text())
+    old = {k: v for k, v in results.items() if k not in ("metrics", "metric_names", "data")}
+    old["coco"] = results["metrics"]
+    old["derived"] = {**results["derived"]}
+    old["derived"]["old_map"] = old["derived"].pop("old_metric")
+    old["derived"]["new_map"] = old["derived"].pop("new_metric")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(old))
+    (upgraded,) = engine.rebuild_reports(folder).values()
+    assert upgraded["metric_names"] == {"base": "mAP", "aquarium": "mAP"}
+    assert upgraded["derived"]["new_metric"] == results["derived"]["new_metric"]
+    report = (folder / "report.md").read_text()
+    assert "COCO mAP@[.5:.95]" in report and f"{results['derived']['new_metric']:.3f}" in report
