@@ -213,7 +213,7 @@ def measure(host, rows, reps: int, batch: int, device: torch.device, progress) -
                "host_latency_ms": 1000 * statistics.median(s["host_latency"]),
                "step_ms": 1000 * statistics.median(s["step"]), "peak_train_mb": s["peak"] / 2 ** 20,
                "step_ratio": None, "memory_ratio": None}
-        if reference is not None:
+        if reference is not None and i != reference:  # the reference row itself has no ratio
             ref = samples[reference]
             row["step_ratio"] = statistics.median(a / b for a, b in zip(s["step"], ref["step"]))
             row["memory_ratio"] = s["peak"] / ref["peak"]

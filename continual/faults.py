@@ -5,7 +5,10 @@ occurrence of EVENT, exactly as an out-of-memory kill or a power cut would:
 no handler, no cleanup. Events: ``train-step`` (after an optimizer step and its
 checkpoint), ``eval-batch`` (after an evaluation minibatch), and
 ``write:FILENAME`` (an atomic write of FILENAME whose temporary file is
-complete but not yet renamed into place). Unset, it costs one dict lookup.
+complete but not yet renamed into place). With ``CONTINUAL_CRASH_MODE=raise``
+the N-th occurrence raises ``SimulatedCrash`` instead, so a test can crash and
+resume a run inside its own process (``reset()`` starts the count again).
+Unset, it costs one dict lookup.
 """
 from __future__ import annotations
 
@@ -14,6 +17,14 @@ import signal
 from collections import Counter
 
 _seen: Counter = Counter()
+
+
+class SimulatedCrash(BaseException):
+    """Raised at an injected crash point in ``raise`` mode; a BaseException, so no ``except Exception`` eats it."""
+
+
+def reset() -> None:
+    _seen.clear()
 
 
 def crash_point(event: str) -> None:
@@ -25,4 +36,6 @@ def crash_point(event: str) -> None:
         return
     _seen[event] += 1
     if _seen[event] == int(count):
+        if os.environ.get("CONTINUAL_CRASH_MODE") == "raise":
+            raise SimulatedCrash(spec)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -73,7 +73,10 @@ def test_classification_stream_on_the_dual_encoder(smoke_classify):
     assert [m["method"] for m in results["modules"]] == ["adapter", "coop"]
     assert "top-1 accuracy" in (run_dir / "report.md").read_text() and (run_dir / "plots" / "matrix.png").is_file()
     cache = json.loads((run_dir / "timing.json").read_text())["steps"]
-    assert set(cache[0]["trunk_cache"]) == {"text"} and set(cache[1]["trunk_cache"]) == {"image"}
+    # the adapter acts in the image tower: only the text tower is cached while it trains; under `all` it
+    # stays on while CoOp (text tower) trains, so then neither tower is a fixed function
+    assert set(cache[0]["trunk_cache"]) == {"text"} and cache[0]["trunk_cache"]["text"]["hits"] > 0
+    assert cache[1]["trunk_cache"] == {}
 
 
 def test_feature_cache_changes_no_classification_result(smoke_classify, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual import atomic, engine
+from continual import atomic, engine, faults
 from continual.atomic import OutputError
 from continual.config import load_config
 from continual.plugins import NonFiniteLossError
@@ -45,17 +45,35 @@ def uninterrupted(tmp_path_factory, world_cache):
     return (run_dir / "results.json").read_bytes()
 
 
-# smoke.yaml: 2 tasks x 4 steps, a checkpoint every 2 steps; 3 evaluations of 2 tasks (8 images, 1 batch each)
-KILL_POINTS = {
+# smoke.yaml: 2 tasks x 4 steps, a checkpoint every 2 steps; 3 evaluations of 2 tasks (8 images, 1 batch each).
+# Crashes inside the loop are raised in this process; crashes during a write are real SIGKILLs of a real
+# run (a killed write leaves its temporary file behind, which an exception would clean up).
+CRASH_POINTS = {
     "mid-training, first task": "train-step:3",
     "mid-training, second task": "train-step:7",
     "mid-evaluation, zero-shot row": "eval-batch:1",
     "mid-evaluation, after the first task": "eval-batch:4",
+}
+KILL_POINTS = {
     "during a checkpoint write": "write:checkpoint.pt:3",
     "during a module write": "write:module:2",
     "during the run state write": "write:state.json:2",
     "during the results write": "write:results.json:1",
 }
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+def test_crash_then_resume_in_process_gives_identical_results(tmp_path, uninterrupted, point, monkeypatch):
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", CRASH_POINTS[point])
+    monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
+    faults.reset()
+    with pytest.raises(faults.SimulatedCrash):
+        engine.run(cfg, progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.delenv("CONTINUAL_CRASH_AT")
+    engine.run(cfg, resume=True, progress=False)
+    assert (tmp_path / "run" / "results.json").read_bytes() == uninterrupted
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))

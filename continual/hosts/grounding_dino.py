@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoModel, AutoTokenizer, BertConfig, GroundingDinoConfig,
+from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
-from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, local_folder, minilm_path,
-                                  register_host)
+from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
+                                  minilm_path, register_host)
 from continual.hosts.prompts import TextPrompt, build_prompts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,14 +66,6 @@ def t_size_config(image_size: int = 800) -> GroundingDinoConfig:
     return config
 
 
-def load_text_backbone(model: GroundingDinoForObjectDetection, folder: Path) -> None:
-    """Copy pretrained BERT weights (MiniLM) into the model's text backbone."""
-    pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=False)
-    missing, unexpected = model.model.text_backbone.load_state_dict(pretrained.state_dict(), strict=False)
-    if missing:
-        raise HostError(f"text weights in {folder} lack {len(missing)} tensors, e.g. {missing[:3]}")
-
-
 @register_host
 class GroundingDinoHost(Host):
     """A Grounding DINO with grounding prompts, preprocessing, sites and a fingerprint."""
@@ -105,7 +97,7 @@ class GroundingDinoHost(Host):
         except (OSError, ValueError) as err:
             raise HostError(f"cannot load a Grounding DINO from {source!r}: {err}") from err
         if meta.get("text_backbone") == TEXT_PACKAGE:
-            load_text_backbone(model, minilm_path())
+            load_minilm(model.model.text_backbone, pooling=False)
         tokenizer = AutoTokenizer.from_pretrained(minilm_path() if meta.get("text_backbone") == TEXT_PACKAGE
                                                   else (folder if folder.exists() else source))
         size = image_size or meta.get("image_size") or 800
@@ -115,7 +107,7 @@ class GroundingDinoHost(Host):
     def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(tiny_config(image_size))
-        load_text_backbone(model, minilm_path())
+        load_minilm(model.model.text_backbone, pooling=False)
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
 
     @classmethod
