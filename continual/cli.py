@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
     results = {}
     for spec in args.task:
         task = load_task(spec, seed=args.seed, kind=kind, template=args.template)
-        host.check_phrases(task.phrases)
+        host.check_phrases(task.phrases, task.template)
         results[spec] = evaluate_task(host, task, batch_size=args.batch_size, progress=_progress())
     if args.json:
         print(json.dumps(results[args.task[0]] if len(args.task) == 1 else results, indent=2))
@@ -69,10 +69,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_hosts(args) -> int:
-    from continual.hosts.base import HOSTS, _register_builtin_hosts
+    from continual.hosts.base import registered_hosts
 
-    _register_builtin_hosts()
-    rows = [{"name": name, **cls.describe()} for cls in HOSTS.values() for name in cls.describe_builtins()]
+    rows = [{"name": name, **cls.describe()} for cls in registered_hosts().values() for name in cls.describe_builtins()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -116,7 +115,7 @@ def cmd_train(args) -> int:
     method_config = OmegaConf.to_container(OmegaConf.from_dotlist(args.set)) if args.set else {}
     cfg = RunConfig(name=f"train-{args.method}-{name}", host=args.checkpoint, data=DataConfig(seed=args.seed),
                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-                    start_from=list(args.on_top), tasks={name: TaskConfig(data=args.task)},
+                    start_from=list(args.on_top), tasks={name: TaskConfig(data=args.task, kind=args.kind)},
                     stream=[StepConfig(task=name, method=args.method, config=method_config)])
     cfg.run_dir = args.out or f"runs/{cfg.name}"
     validate(cfg, "continual train")
@@ -245,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "run folder (--out) holds the module under modules/ and the usual outputs.")
     tr.add_argument("--method", required=True, help="sdpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
     tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
+    tr.add_argument("--kind", choices=["detection", "classification"], default="detection",
+                    help="task kind (classification needs a dual-encoder host, e.g. --checkpoint builtin:tiny-clip)")
     tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     tr.add_argument("--on-top", action="append", default=[], metavar="MODULE_DIR",
                     help="a saved module to stack below the new one; repeatable, in order")

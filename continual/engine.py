@@ -85,7 +85,7 @@ class Workspace:
             tasks[name] = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=cfg.data.seed,
                                     sizes=sizes, kind=spec.kind, shots=spec.shots, template=spec.template)
             try:  # phrases the text encoder cannot take fail now, not mid-stream
-                host.check_phrases(tasks[name].phrases)
+                host.check_phrases(tasks[name].phrases, tasks[name].template)
             except DataError as err:
                 raise DataError(f"task {name!r} ({spec.data}): {err}") from err
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}

@@ -88,6 +88,7 @@ class PretrainConfig:
     image_size: int = 128  # of the synthetic worlds' images
     eval_every: int = 1000  # steps between validations on the stage's world (0: at its end only)
     val_images: int = 200
+    report_images: int = 100  # validation images per world for pretrain.json's base and zero-shot figures
 
     @classmethod
     def for_host(cls, host: str) -> "PretrainConfig":
@@ -135,12 +136,11 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     else:
         host = host_cls.build_tiny(seed=first.train.seed)
     # The text encoder (MiniLM) stays frozen (see the module docstring).
-    text_tower = host.model.model.text_backbone if host_cls is GroundingDinoHost else host.model.text_model
-    text_tower.requires_grad_(False)
+    host.trunks()["text"].module.requires_grad_(False)
     record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
     for name in names:
         record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress))
-    sizes = WorldSizes(image_size=cfg.image_size)  # 100 validation images per world
+    sizes = WorldSizes(val=cfg.report_images, image_size=cfg.image_size)
     base = load_task("synthetic:base", sizes=sizes, kind=kind)
     record["base_val"] = evaluate_task(host, base, progress=False)
     record["zero_shot"] = {}

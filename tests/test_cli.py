@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_error_not_a_traceback(_run, tmp_path):
 
 
 TINY_PRETRAIN = ["stages.shapes.train.steps=3", "stages.shapes.train_images=16", "stages.scenes.train.steps=2",
-                 "stages.scenes.train_images=16", "val_images=8", "eval_every=0"]
+                 "stages.scenes.train_images=16", "val_images=8", "eval_every=0", "report_images=8"]
 
 
 def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_path):
@@ -123,7 +123,8 @@ def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_
 
 def test_pretrain_dual_encoder_records_zero_shot_accuracy_on_every_world(_run, tmp_path):
     out = _run("pretrain", "--host", "dual-encoder", "--out", tmp_path / "clip", "stages.captions.train.steps=2",
-               "stages.captions.train_images=24", "stages.captions.train.batch_size=4", "eval_every=0")
+               "stages.captions.train_images=24", "stages.captions.train.batch_size=4", "eval_every=0",
+               "val_images=12", "report_images=12")
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "clip" / "pretrain.json").read_text())
     assert record["host"] == "dual-encoder" and [s["name"] for s in record["stages"]] == ["captions"]

@@ -6,11 +6,11 @@ Like timm's registry-wide tests: a method (or a host) is tested the day it is re
 import pytest
 import torch
 
-from continual.hosts.base import HOSTS, Batch, _register_builtin_hosts
+from continual.hosts.base import Batch, registered_hosts
 from prompts import METHODS, Stack, build_module, load_module, parameter_counts, save_module
 from prompts.base import MethodError
 
-_register_builtin_hosts()
+HOSTS = registered_hosts()
 # Methods whose fresh module is exactly the identity, and token methods at k = 0.
 IDENTITY_CONFIGS = {"adapter": {}, "lora": {}, "bitfit": {}, "linear_probe": {}, "full_ft": {},
                     "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0}}

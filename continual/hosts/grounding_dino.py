@@ -198,8 +198,8 @@ class GroundingDinoHost(Host):
                                                     context=slots)
         return self._prompt_cache[key]
 
-    def check_phrases(self, phrases) -> None:
-        """Phrases the grounding prompt cannot take fail here (DataError), before any training."""
+    def check_phrases(self, phrases, template="{}") -> None:
+        """Phrases the grounding prompt cannot take fail here (DataError); the prompt is the phrases, no template."""
         self.prompts(phrases)
 
     def raw_outputs(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
