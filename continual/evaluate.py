@@ -8,9 +8,8 @@ from continual.hosts.base import Batch
 
 
 def task_batch(host, task, images, targets=None) -> Batch:
-    """A minibatch of ``task`` for ``host``: images normalised on the host's device, the task's text."""
-    return Batch(task.kind, host.preprocess(list(images)), list(task.phrases), task.template,
-                 list(targets) if targets is not None else None)
+    """A minibatch of ``task`` for ``host`` from PIL images (normalised on the host's device)."""
+    return Batch.of(task, host.preprocess(list(images)), targets)
 
 
 @torch.no_grad()

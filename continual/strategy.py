@@ -64,8 +64,7 @@ class HostModel(nn.Module):
         self.host = host
 
     def forward(self, images, targets=None, task=None):
-        pixels = self.host.normalize(torch.stack(list(images)))
-        batch = Batch(task.kind, pixels, list(task.phrases), task.template, list(targets) if targets else None)
+        batch = Batch.of(task, self.host.normalize(torch.stack(list(images))), targets)
         if self.training:
             loss, _ = self.host.loss(batch)
             return {"loss": loss}

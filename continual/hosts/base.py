@@ -85,6 +85,11 @@ class Batch:
     template: str | tuple[str, ...] = "{}"
     targets: list[dict] | None = None
 
+    @classmethod
+    def of(cls, task, pixels: torch.Tensor, targets=None) -> "Batch":
+        """A minibatch of ``task`` (kind, phrases, template) over normalised ``pixels``."""
+        return cls(task.kind, pixels, list(task.phrases), task.template, list(targets) if targets else None)
+
 
 @dataclass(frozen=True)
 class Trunk:

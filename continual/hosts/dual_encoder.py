@@ -62,8 +62,9 @@ class DualEncoderHost(Host):
     default_lora_targets = ("q_proj", "v_proj", "query", "value")
 
     def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str, text_pooling: str = "model",
-                 pixel_stats=(CLIP_MEAN, CLIP_STD)):
+                 pixel_stats=(CLIP_MEAN, CLIP_STD), text_from_package: bool = False):
         super().__init__(model, tokenizer, image_size, source)
+        self.text_from_package = text_from_package  # MiniLM from its package: left out of saved checkpoints
         if text_pooling not in ("model", "mean"):
             raise HostError(f"text_pooling must be 'model' or 'mean', got {text_pooling!r}")
         # "mean": masked mean of the text tower's last hidden states, the pooling
@@ -97,7 +98,7 @@ class DualEncoderHost(Host):
         processor = _preprocessor_config(folder)
         size = image_size or meta.get("image_size") or processor.get("size") or model.config.vision_config.image_size
         stats = (tuple(processor.get("image_mean", CLIP_MEAN)), tuple(processor.get("image_std", CLIP_STD)))
-        return cls(model.eval(), tokenizer, int(size), source, meta.get("text_pooling", "model"), stats)
+        return cls(model.eval(), tokenizer, int(size), source, meta.get("text_pooling", "model"), stats, from_package)
 
     @classmethod
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "DualEncoderHost":
@@ -105,12 +106,12 @@ class DualEncoderHost(Host):
         model = VisionTextDualEncoderModel(tiny_clip_config(image_size))
         load_minilm(model.text_model)
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny-clip-init",
-                   text_pooling="mean")
+                   text_pooling="mean", text_from_package=True)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """HF layout; a package text tower is left out (host.json says where it comes from)."""
         folder = Path(folder)
-        from_package = self.source in self.builtins or _package_text(self.source)
+        from_package = self.text_from_package
         state = self.model.state_dict()
         if from_package:
             state = {k: v for k, v in state.items() if not k.startswith("text_model.")}
@@ -247,8 +248,3 @@ def _preprocessor_config(folder: Path | None) -> dict:
     return {k: v for k, v in {"size": size, "image_mean": config.get("image_mean"),
                               "image_std": config.get("image_std")}.items() if v}
 
-
-def _package_text(source: str) -> bool:
-    folder = local_folder(source)
-    meta = folder / HOST_JSON if folder is not None else None
-    return bool(meta and meta.is_file() and json.loads(meta.read_text()).get("text_backbone") == TEXT_PACKAGE)
