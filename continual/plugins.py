@@ -33,9 +33,11 @@ class NonFiniteLossError(RuntimeError):
 class StackingPlugin(SupervisedPlugin):
     """Puts each step's new module on the stack, trains only it, checks the rest did not move.
 
-    Before a training experience: build the plan's module, push it, freeze
-    everything else, give the strategy an optimizer over the module alone
-    (restored from the plan's checkpoint when resuming). After it: hash the host
+    Before a training experience: build the plan's module, push it, let it
+    prepare for the task, freeze everything else, give the strategy an
+    optimizer over the module alone (restored from the plan's checkpoint when
+    resuming). Before each backward: the module's own objective replaces the
+    host's task loss (the same loss for most methods). After it: hash the host
     and the earlier modules again and raise IntegrityError if any changed.
     Before an evaluation experience: switch modules by the policy for the
     evaluated task.
@@ -53,6 +55,7 @@ class StackingPlugin(SupervisedPlugin):
         torch.manual_seed(plan.train.seed)  # the module's initialisation
         self.module = self.stack.push(build_module(plan.method, plan.config, task=plan.task.name))
         self._frozen = self.stack.frozen_hashes(except_module=self.module) if self.module.stackable else None
+        self.module.prepare(plan.task)
         params = self.stack.train_only(self.module)
         self.module.to(strategy.device)
         strategy.optimizer = torch.optim.AdamW(params, lr=plan.train.lr, weight_decay=plan.train.weight_decay)
@@ -67,6 +70,10 @@ class StackingPlugin(SupervisedPlugin):
         if self._resume_rng is not None:
             torch.set_rng_state(self._resume_rng)
             self._resume_rng = None
+
+    def before_backward(self, strategy, **kwargs):
+        # the method's own objective (DPT's auxiliary terms), as Avalanche's regularisation plugins do
+        strategy.loss = self.module.objective(strategy.loss, strategy.step / strategy.plan.train.steps)
 
     def before_update(self, strategy, **kwargs):
         if not torch.isfinite(strategy.loss).all():

@@ -107,7 +107,11 @@ class PeftModule(nn.Module):
         if self.attached:
             raise MethodError(f"{self.method} module for task {self.task!r} is already attached")
         check_sites(self, host.kind, host.site_kinds)
-        fingerprint = host.fingerprint()
+        return self.bind(host, host.fingerprint())
+
+    def bind(self, host, fingerprint: str) -> "PeftModule":
+        """``attach`` after its checks; a method made of other methods' modules (DPT) binds its parts
+        with the fingerprint it computed once."""
         if self.built_for is None:
             self.build(host)
             self.built_for = fingerprint
@@ -149,6 +153,15 @@ class PeftModule(nn.Module):
         """
         ids = {handle.id for handle in self._handles}
         return any(ids & (m._forward_hooks.keys() | m._forward_pre_hooks.keys()) for m in part.modules())
+
+    def prepare(self, task) -> None:
+        """Before this module trains on ``task`` (a tasks.task.Task): size task-dependent training
+        parts, such as DPT's auxiliary class heads (optional)."""
+
+    def objective(self, loss, progress: float):
+        """The loss to minimise while this module trains, from the host's task loss on the current
+        batch; ``progress`` is the fraction of the step's training done. Default: that loss."""
+        return loss
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains when this module is the one being trained."""

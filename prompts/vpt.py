@@ -17,17 +17,59 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
-from prompts.base import PeftModule, check_at_least, register_method
+from prompts.base import MethodError, PeftModule, check_at_least, register_method
 
 
 @dataclass
 class VptConfig:
     tokens: int = 10  # p, per block
     init_std: float = 0.02
+    layers: list[int] | None = None  # image-block indices that get prompts; None = every block (VPT-deep)
 
     def __post_init__(self):
         check_at_least("vpt", "tokens", self.tokens, 0)
+
+
+def chosen_blocks(method: str, blocks: dict[str, nn.Module], layers: list[int] | None) -> list[str]:
+    """Names of the blocks at ``layers`` (all when None), refusing indices the host does not have."""
+    names = list(blocks)
+    indices = range(len(names)) if layers is None else list(layers)
+    if any(not -len(names) <= i < len(names) for i in indices):
+        raise MethodError(f"{method}: layers {list(indices)} out of range; the host has {len(names)} image blocks")
+    return [names[i] for i in indices]
+
+
+def append_to_sequence(block: nn.Module, tokens_for, active) -> list[RemovableHandle]:
+    """Hooks on a ``sequence`` block: ``tokens_for(x)`` (B, p, C) joins its input x (B, N, C) and the
+    block's last p outputs are dropped, so the next block sees N tokens again.
+
+    ``active()`` is read at each call; calls while inactive (a nested forward) pass through untouched.
+    """
+    appended: list[int] = []  # a stack: one entry per call in flight, 0 for inactive calls
+
+    def extend(module, args, kwargs):
+        tokens = tokens_for(args[0]) if active() else None
+        appended.append(0 if tokens is None else tokens.shape[1])
+        if tokens is None:
+            return None
+        return (torch.cat([args[0], tokens.to(args[0].dtype)], 1), *args[1:]), kwargs
+
+    def drop(module, args, output):
+        p = appended.pop()
+        return drop_last(output, p) if p else None
+
+    return [block.register_forward_pre_hook(extend, with_kwargs=True), block.register_forward_hook(drop)]
+
+
+def drop_last(output, p: int):
+    """The block output without its last p tokens: a tensor (B, N+p, C), or a tuple with it first
+    (and attention weights second, cut to N x N)."""
+    if isinstance(output, torch.Tensor):
+        return output[:, :-p]
+    hidden, weights = output[0], output[1] if len(output) > 1 else None
+    return hidden[:, :-p], (weights[..., :-p, :-p] if weights is not None else None)
 
 
 def block_width(block: nn.Module) -> int:
@@ -47,10 +89,10 @@ class VisualPromptTuning(PeftModule):
 
     def build(self, host) -> None:
         blocks = host.sites("image_blocks")
-        self.site_names = list(blocks)
+        self.site_names = chosen_blocks(self.method, blocks, self.config.layers)
         self.prompts = nn.ParameterList(
-            nn.Parameter(torch.randn(self.config.tokens, block_width(block)) * self.config.init_std)
-            for block in blocks.values())
+            nn.Parameter(torch.randn(self.config.tokens, block_width(blocks[name])) * self.config.init_std)
+            for name in self.site_names)
 
     def install(self, host):
         blocks = host.sites("image_blocks")
@@ -63,21 +105,15 @@ class VisualPromptTuning(PeftModule):
                 handles.append(attention.relative_position_bias.register_forward_hook(self._pad_bias))
                 handles.append(attention.register_forward_hook(self._drop))
             else:
-                handles.append(block.register_forward_pre_hook(self._extend_sequence(prompt), with_kwargs=True))
-                handles.append(block.register_forward_hook(self._drop))
+                handles += append_to_sequence(block, self._expand(prompt), self._active)
         return handles
 
     def _active(self) -> bool:
         return self.enabled and self.config.tokens > 0
 
-    def _extend_sequence(self, prompt: nn.Parameter):
-        def hook(block, args, kwargs):
-            if not self._active():
-                return None
-            tokens = args[0]  # (B, N, C)
-            extended = torch.cat([tokens, prompt.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], 1)
-            return (extended, *args[1:]), kwargs
-        return hook
+    @staticmethod
+    def _expand(prompt: nn.Parameter):
+        return lambda x: prompt.expand(x.shape[0], -1, -1)
 
     def _extend_windows(self, prompt: nn.Parameter, norm: nn.LayerNorm):
         def hook(attention, args):
@@ -98,11 +134,4 @@ class VisualPromptTuning(PeftModule):
         return F.pad(bias, (0, p, 0, p))  # (1, heads, N+p, N+p)
 
     def _drop(self, module, args, output):
-        """Drop the p prompt outputs: a tensor (B, N+p, C), or a tuple with it first."""
-        if not self._active():
-            return None
-        p = self.config.tokens
-        if isinstance(output, torch.Tensor):
-            return output[:, :-p]
-        attn_output, weights = output[0], output[1] if len(output) > 1 else None
-        return attn_output[:, :-p], (weights[..., :-p, :-p] if weights is not None else None)
+        return drop_last(output, self.config.tokens) if self._active() else None

@@ -13,7 +13,8 @@ from prompts.base import MethodError
 HOSTS = registered_hosts()
 # Methods whose fresh module is exactly the identity, and token methods at k = 0.
 IDENTITY_CONFIGS = {"adapter": {}, "lora": {}, "bitfit": {}, "linear_probe": {}, "full_ft": {},
-                    "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0}}
+                    "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0},
+                    "dpt": {"text_tokens": 0, "visual_tokens": 0, "class_prompts": 0}}
 HOST_FIXTURES = {"grounding-dino": "tiny_host", "dual-encoder": "tiny_clip_host"}
 DETECTION_PHRASES = ["red circle", "fish", "one way arrow"]
 DETECTION_TARGETS = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},

@@ -121,6 +121,8 @@ class Host(nn.Module):
         self.source = source
         # Modules that put learned context before every phrase (prompts/coop.py).
         self.text_context: list = []
+        # Modules that read each batch before the forward (prompts/dpt.py ranks the classes per image).
+        self.batch_readers: list = []
         # The host's own tensors, so that modules attached later never enter the fingerprint.
         self._base_names = frozenset(self.model.state_dict())
 
@@ -207,6 +209,15 @@ class Host(nn.Module):
         if kind not in self.task_kinds:
             raise HostError(f"a {self.kind} host does not support {kind!r} tasks; it supports "
                             f"{', '.join(self.task_kinds)}")
+
+    def begin(self, batch: Batch) -> None:
+        """Show ``batch`` to the enabled modules that condition on it, before the forward.
+
+        Every host's ``loss`` and ``predict`` call it first.
+        """
+        for module in self.batch_readers:
+            if module.enabled:
+                module.read_batch(self, batch)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         """(total loss, detached parts) of a training batch."""

@@ -175,7 +175,7 @@ class DualEncoderHost(Host):
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
     def check_phrases(self, phrases, template="{}") -> None:
-        for template in _templates(template):
+        for template in templates_of(template):
             for i, phrase in enumerate(phrases):
                 if not str(phrase).strip():
                     raise DataError(f"class phrase #{i} is empty; every class needs a non-empty phrase")
@@ -185,11 +185,13 @@ class DualEncoderHost(Host):
                     raise DataError(f"class sentence {template.format(phrase)!r} is {length} tokens, longer than "
                                     f"the text tower's limit of {limit}")
 
-    def text_features(self, phrases, templates) -> torch.Tensor:
-        """(C, D) unit-norm class features, averaged over the templates (CLIP's prompt ensembling)."""
+    def text_features(self, phrases, template: str | tuple[str, ...]) -> torch.Tensor:
+        """(C, D) unit-norm class features, averaged over the templates (CLIP's prompt ensembling;
+        learned context replaces the template, so then one sentence per class)."""
         device = self.model.logit_scale.device
+        templates = templates_of(template)
         features = []
-        for template in templates:
+        for template in templates[:1] if self.context_tokens() else templates:
             tokens = {k: v.to(device) for k, v in self.text_tokens(phrases, template).items()}
             if not self._text_takes_token_types:
                 tokens.pop("token_type_ids", None)  # CLIP's text tower takes none
@@ -205,12 +207,16 @@ class DualEncoderHost(Host):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(_pooled(self.model.get_image_features(pixel_values=pixels)), dim=-1)
 
+    def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, C) class logits from unit-norm image (B, D) and class (C, D) features: the scaled cosine."""
+        return self.model.logit_scale.exp() * image @ text.to(image.dtype).t()
+
     def logits(self, batch: Batch) -> torch.Tensor:
         """(B, C): scaled cosine similarity of each image to each class."""
         self.check_task_kind(batch.kind)
-        text = self.text_features(batch.phrases, _templates(batch.template))
-        image = self.image_features(batch.pixels)
-        return self.model.logit_scale.exp() * image @ text.to(image.dtype).t()
+        self.begin(batch)
+        text = self.text_features(batch.phrases, batch.template)
+        return self.scores(self.image_features(batch.pixels), text)
 
     # -- training and inference -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
@@ -227,7 +233,8 @@ class DualEncoderHost(Host):
         return [{"scores": row} for row in probs]
 
 
-def _templates(template: str | tuple[str, ...]) -> list[str]:
+def templates_of(template: str | tuple[str, ...]) -> list[str]:
+    """A task's template setting as a list: one template, or several to average."""
     return [template] if isinstance(template, str) else list(template)
 
 
