@@ -161,6 +161,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_fewshot(args) -> int:
+    from continual.fewshot import load_fewshot_config, run_fewshot
+
+    cfg = load_fewshot_config(args.config, args.overrides)
+    run_dir = run_fewshot(cfg, resume=args.resume, overwrite=args.overwrite, progress=_progress())
+    print((run_dir / "report.md").read_text().split("\n![")[0].strip())
+    print(f"\nreport: {run_dir / 'report.md'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from continual.engine import rebuild_reports
 
@@ -269,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--resume", action="store_true", help="continue the run already in the run folder")
     ru.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
     ru.set_defaults(func=cmd_run)
+
+    fs = sub.add_parser("fewshot", help="the few-shot protocol: methods x shots x seeds x tasks, one table",
+                        description="Train every method of the config per (task, shots, seed) on K images per "
+                                    "class; report mean top-1 accuracy with 95%% intervals over seeds and plot it "
+                                    "against shots.")
+    fs.add_argument("config", help="YAML config, e.g. configs/fewshot.yaml")
+    fs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
+    fs.add_argument("--resume", action="store_true", help="continue the grid already in the run folder")
+    fs.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
+    fs.set_defaults(func=cmd_fewshot)
 
     rp = sub.add_parser("report", help="rebuild report.md and the plots of a run folder from its results.json")
     rp.add_argument("run_dir")

@@ -127,6 +127,13 @@ def _check_keys(value: Any, schema: Any, path: str, where: str) -> None:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply ``key=value`` overrides, check everything; raise ConfigError on any fault."""
+    cfg: RunConfig = load_structured(path, overrides, RunConfig)
+    validate(cfg, str(path))
+    return cfg
+
+
+def load_structured(path: str | Path, overrides: list[str] | tuple[str, ...], schema: type):
+    """A YAML file with ``key=value`` overrides as a ``schema`` object: keys and types checked."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -136,15 +143,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a config is a mapping of keys, got {type(raw).__name__}")
-    _check_keys(OmegaConf.to_container(raw), RunConfig, "", str(path))
+    _check_keys(OmegaConf.to_container(raw), schema, "", str(path))
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
     except (OmegaConfBaseException, TypeError) as err:
         raise ConfigError(f"{path}: bad value for {getattr(err, 'full_key', None) or '?'!r}: "
                           f"{str(err).splitlines()[0]}") from err
-    cfg: RunConfig = apply_overrides(merged, overrides, RunConfig, str(path))
-    validate(cfg, str(path))
-    return cfg
+    return apply_overrides(merged, overrides, schema, str(path))
 
 
 def apply_overrides(base: DictConfig, overrides: list[str] | tuple[str, ...], schema: type, where: str) -> Any:
@@ -170,7 +175,7 @@ def _split_override(item: str, schema: type) -> tuple[str, str]:
     return key, value
 
 
-def to_yaml(cfg: RunConfig) -> str:
+def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 

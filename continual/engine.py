@@ -358,9 +358,8 @@ def _without_run_dir(config_text: str) -> str:
     return "\n".join(line for line in config_text.splitlines() if not line.startswith("run_dir:"))
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding another run unless asked; record the resolved config."""
-    config_text = to_yaml(cfg)
+def prepare_run_dir(config_text: str, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder holding another run unless asked; record the resolved config (YAML text)."""
     existing = run_dir / CONFIG
     if existing.is_file() and not overwrite:
         if not resume:
@@ -379,7 +378,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, overwrite: bool
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Run every stream of the config; returns the run folder."""
     run_dir = Path(cfg.run_dir)
-    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    prepare_run_dir(to_yaml(cfg), run_dir, resume, overwrite)
     ws = Workspace.open(cfg, progress)
     results = {}
     for name, steps in cfg.streams().items():

@@ -181,26 +181,37 @@ class StreamStrategy(ObjectDetectionTemplate):
         self.step += 1
 
 
+def train_once(host, plan: StepPlan, plugins: list, optimizer=None) -> StreamStrategy:
+    """Train one plan on its task's training split with the engine's strategy, outside a stream.
+
+    ``plugins`` decide what trains (a StackingPlugin builds the plan's module and
+    its optimizer); otherwise ``optimizer`` must be given.
+    """
+    device = next(host.parameters()).device
+    with warnings.catch_warnings():  # no metrics or loggers wanted here; Avalanche warns about that
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(loggers=[])
+    strategy = StreamStrategy(host=host, train_tasks=[plan.task], eval_tasks=[], device=device, plugins=plugins,
+                              evaluator=evaluator)
+    if optimizer is not None:
+        strategy.optimizer = optimizer
+    benchmark = benchmark_from_datasets(train=[task_dataset(plan.task.train, host.to_pixels, 0)])
+    strategy.train_step(plan, benchmark.train_stream[0])
+    return strategy
+
+
 def fit(host, params: list[nn.Parameter], task, cfg: TrainConfig, progress: bool = True, every: int = 0,
         callback=None) -> list[float]:
-    """Train ``params`` of ``host`` on one task's training split with the engine's strategy.
+    """Train ``params`` of ``host`` itself on one task (pretraining).
 
-    For training outside a stream (pretraining the host itself). ``callback(step,
-    loss)`` runs every ``every`` steps and after the last. Returns the loss per step.
+    ``callback(step, loss)`` runs every ``every`` steps and after the last. Returns the loss per step.
     """
     from continual.plugins import PeriodicCallback, RecordPlugin
 
     record = RecordPlugin(progress)
     plugins = [record] + ([PeriodicCallback(every, callback)] if callback else [])
-    device = next(host.parameters()).device
-    with warnings.catch_warnings():  # no metrics or loggers wanted here; Avalanche warns about that
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator = EvaluationPlugin(loggers=[])
-    strategy = StreamStrategy(host=host, train_tasks=[task], eval_tasks=[], device=device, plugins=plugins,
-                              evaluator=evaluator)
     torch.manual_seed(cfg.seed)
-    strategy.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    benchmark = benchmark_from_datasets(train=[task_dataset(task.train, host.to_pixels, 0)])
-    strategy.train_step(StepPlan(0, task, "pretrain", train=cfg), benchmark.train_stream[0])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_once(host, StepPlan(0, task, "pretrain", train=cfg), plugins, optimizer)
     host.eval()
     return record.losses

@@ -54,3 +54,27 @@ def retention_scatter(points: list[dict], title: str) -> bytes:
     ax.set_title(title)
     return _png(fig)
 
+
+
+def accuracy_against_shots(panels: dict[str, dict], methods: list[str], shots: list[int], title: str) -> bytes:
+    """One panel per entry of ``panels`` ({method: {shots: (mean, half-width, n)}}): a line per method,
+    95% intervals as error bars, shots on a log axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (name, table) in zip(axes[0], panels.items()):
+        for method in methods:
+            points = sorted(table.get(method, {}).items())
+            if not points:
+                continue
+            xs = [k for k, _ in points]
+            ys = [v[0] for _, v in points]
+            errors = [v[1] or 0.0 for _, v in points]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", ms=3, capsize=2, lw=1.2, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.set_xlabel("shots per class")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    return _png(fig)

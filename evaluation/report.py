@@ -13,7 +13,7 @@ def _f(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -60,22 +60,22 @@ def run_report(results: dict) -> str:
         f"`{results['policy']}`, evaluated: {results['evaluate']}.",
         f"## Results matrix ({METRIC_TITLES.get(metric, 'each task its primary metric')})",
         "Row i: after training step i; column j: task j. The first row is before any training.",
-        _table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
+        markdown_table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
                matrix_rows),
         "## Derived metrics",
-        _table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
+        markdown_table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
                [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
                  _f(d["hap"])]]),
-        _table(["task", "retention", "forgetting"],
+        markdown_table(["task", "retention", "forgetting"],
                [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
     ]
     if results["held_out"]:
         parts += ["## Held-out tasks (never trained)",
-                  _table(["task", "zero-shot", "after the stream", "zero-shot retention"],
+                  markdown_table(["task", "zero-shot", "after the stream", "zero-shot retention"],
                          [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t])]
                           for t, v in results["held_out"].items()])]
     parts += ["## Modules",
-              _table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
+              markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
                      [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
                        _f(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
                       for m in results["modules"]]),
@@ -86,7 +86,7 @@ def run_report(results: dict) -> str:
 def study_report(name: str, rows: list[dict]) -> str:
     metrics = {r["metric"] for r in rows}
     metric = metrics.pop() if len(metrics) == 1 else "metric"
-    table = _table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention", "hAP"],
+    table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention", "hAP"],
                    [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
                      _f(r["old_retention"]), _f(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
@@ -132,4 +132,4 @@ def comparison(run_dirs: list[Path]) -> str:
             rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
                          metric_label(r), _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]),
                          _f(d["new_metric"]), _f(d["hap"])])
-    return _table(["run", "stream", "policy", "metric", "final avg", "BWT", "FWT", "old", "new", "hAP"], rows)
+    return markdown_table(["run", "stream", "policy", "metric", "final avg", "BWT", "FWT", "old", "new", "hAP"], rows)

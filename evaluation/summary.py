@@ -57,3 +57,22 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
         "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"])
                                 for name, v in (held_out or {}).items()},
     }
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95% interval (t distribution, n - 1 degrees of freedom) over seeds.
+
+    One value has no interval (None).
+    """
+    from scipy.stats import t
+
+    if not values:
+        raise MetricsError("a mean over seeds needs at least one value")
+    for i, v in enumerate(values):
+        if check_number(v, f"value #{i}") is None:
+            raise MetricsError(f"value #{i} of a mean over seeds is missing (None)")
+    n, centre = len(values), mean(values)
+    if n == 1:
+        return centre, None
+    spread = (sum((v - centre) ** 2 for v in values) / (n - 1)) ** 0.5
+    return centre, float(t.ppf(0.975, n - 1)) * spread / n ** 0.5

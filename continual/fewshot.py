@@ -1,0 +1,187 @@
+"""The few-shot protocol (CoOp, DPT): every method trained per (task, shots, seed), top-1 accuracy on the task's
+validation split, one table of means with 95% intervals over seeds and a plot of accuracy against shots.
+
+    continual fewshot configs/fewshot.yaml [key=value ...] [--resume | --overwrite]
+
+The K training images per class are drawn with the seed from the task's
+training split (the validation split stays whole and the same); the seed also
+sets the data order and the module's initialisation. Each finished cell is
+written at once to ``fewshot.json``, so ``--resume`` continues a grid where it
+stopped. The method ``none`` is the zero-shot row (the same for every shot
+count and seed, so evaluated once per task).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from continual import atomic
+from continual.config import (NO_MODULE, ConfigError, DataConfig, TaskConfig, _check_train, _positive, load_structured,
+                              to_yaml)
+from continual.evaluate import evaluate_task
+from continual.plugins import RecordPlugin, StackingPlugin, TrunkCachePlugin
+from continual.strategy import StepPlan, train_once
+from continual.training import TrainConfig
+from evaluation.fewshot import fewshot_outputs
+from tasks.errors import DataError
+from tasks.worlds import WorldSizes
+
+log = logging.getLogger(__name__)
+
+RESULTS = "fewshot.json"
+
+
+@dataclass
+class MethodSpec:
+    """One row of the table: a method with its config and training overrides (``none``: zero-shot)."""
+
+    method: str = "???"
+    config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the grid's `train` (lr, steps, ...)
+
+
+@dataclass
+class FewshotConfig:
+    name: str = "fewshot"
+    run_dir: str = "runs/${name}"
+    host: str = "builtin:tiny-clip"
+    device: str = "auto"
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # classification tasks (their `shots` unused)
+    methods: dict[str, MethodSpec] = field(default_factory=dict)  # row label -> method
+    data: DataConfig = field(default_factory=DataConfig)  # synthetic worlds' sizes: the pool the shots come from
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 64
+    feature_cache: bool = True
+    feature_cache_mb: int = 2048
+
+
+def load_fewshot_config(path: str | Path, overrides=()) -> FewshotConfig:
+    cfg: FewshotConfig = load_structured(path, overrides, FewshotConfig)
+    validate_fewshot(cfg, str(path))
+    return cfg
+
+
+def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
+    """What can be checked before anything loads: lists, tasks, methods, their configs and sites."""
+    from continual.config import RunConfig, StepConfig, validate
+
+    if not cfg.shots or any(k < 1 for k in cfg.shots):
+        raise ConfigError(f"{where}: shots must be a non-empty list of positive counts, got {cfg.shots}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list without repeats, got {cfg.seeds}")
+    if not cfg.tasks or not cfg.methods:
+        raise ConfigError(f"{where}: a few-shot grid needs `tasks` and `methods`")
+    _positive(where, {"eval_batch_size": cfg.eval_batch_size, "feature_cache_mb": cfg.feature_cache_mb},
+              allow_zero=("feature_cache_mb",))
+    _check_train(where, "train.", cfg.train)
+    for name, task in cfg.tasks.items():
+        if task.kind != "classification":
+            raise ConfigError(f"{where}: tasks.{name}.kind: the few-shot protocol is for classification tasks, "
+                              f"got {task.kind!r}")
+        if task.shots is not None:
+            raise ConfigError(f"{where}: tasks.{name}.shots: the grid's `shots` list sets it; leave it out")
+    # Each method checked as a one-step stream of the engine's schema (methods, configs, sites, train overrides).
+    for label, spec in cfg.methods.items():
+        first = next(iter(cfg.tasks))
+        probe = RunConfig(name=label, host=cfg.host, device=cfg.device, data=cfg.data, train=cfg.train,
+                          tasks={first: cfg.tasks[first]},
+                          stream=[StepConfig(task=first, method=spec.method, config=spec.config, train=spec.train)])
+        try:
+            validate(probe, where)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("stream.0.", f"methods.{label}.")) from err
+
+
+def _train_config(cfg: FewshotConfig, spec: MethodSpec, seed: int) -> TrainConfig:
+    from omegaconf import OmegaConf
+
+    from prompts import METHODS
+
+    train = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg.train), spec.train))
+    train.seed = seed
+    train.lr = train.lr or METHODS[spec.method].default_lr
+    return train
+
+
+def _cell_key(cell: dict) -> tuple:
+    return cell["task"], cell["shots"], cell["seed"], cell["method"]
+
+
+def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Every (task, shots, seed, method) cell not yet in the run folder; then the table and the plot."""
+    from continual.engine import prepare_run_dir, resolve_device
+    from continual.hosts.base import build_host
+    from prompts import Stack
+    from tasks.task import load_task
+
+    run_dir = Path(cfg.run_dir)
+    prepare_run_dir(to_yaml(cfg), run_dir, resume, overwrite)
+    results_path = run_dir / RESULTS
+    cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
+    done = {_cell_key(c) for c in cells}
+    host = build_host(cfg.host).to(resolve_device(cfg.device))
+    sizes = WorldSizes(train=cfg.data.train_images, val=cfg.data.val_images, image_size=cfg.data.image_size)
+    stack = Stack(host)
+    total = len(cfg.tasks) * len(cfg.shots) * len(cfg.seeds) * len(cfg.methods)
+    bar = tqdm(total=total, initial=len(done), desc="few-shot cells", disable=not progress)
+    for name, spec in cfg.tasks.items():
+        task = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=cfg.data.seed, sizes=sizes,
+                         kind="classification", template=spec.template)
+        try:
+            host.check_phrases(task.phrases, task.template)
+        except DataError as err:
+            raise DataError(f"task {name!r} ({spec.data}): {err}") from err
+        zero_shot = next((c["metrics"] for c in cells if c["task"] == name and c["method"] == NO_MODULE), None)
+        for shots in cfg.shots:
+            for seed in cfg.seeds:
+                train_split, chosen = task.train.few_shot(shots, seed)
+                few = dataclasses.replace(task, train=train_split,
+                                          record={**task.record, "shots": shots, "shot_seed": seed})
+                for label, method in cfg.methods.items():
+                    key = (name, shots, seed, label)
+                    if key in done:
+                        continue
+                    cell = {"task": name, "shots": shots, "seed": seed, "method": label,
+                            "method_name": method.method, "train_images": len(chosen)}
+                    if method.method == NO_MODULE:
+                        zero_shot = zero_shot or evaluate_task(host, task, cfg.eval_batch_size, progress=False)
+                        cell.update(metrics=zero_shot, train_seconds=0.0)
+                    else:
+                        cell.update(_train_and_evaluate(host, stack, few, method, _train_config(cfg, method, seed),
+                                                        cfg))
+                    log.info("[%s] %s, %d shot(s), seed %d: %s accuracy %.3f", cfg.name, name, shots, seed, label,
+                             cell["metrics"]["accuracy"])
+                    cells.append(cell)
+                    done.add(key)
+                    atomic.write_json(results_path, {"name": cfg.name, "host": host.source, "cells": cells})
+                    bar.update()
+    bar.close()
+    results = {"name": cfg.name, "host": host.source, "cells": cells}
+    atomic.write_json(results_path, results)
+    atomic.write_files(run_dir, fewshot_outputs(results, list(cfg.methods), list(cfg.shots)))
+    return run_dir
+
+
+def _train_and_evaluate(host, stack, task, method: MethodSpec, train: TrainConfig, cfg: FewshotConfig) -> dict:
+    """One module trained on the few-shot split, evaluated on the whole validation split, then taken off."""
+    plan = StepPlan(0, task, method.method, dict(method.config), train)
+    stacking, record = StackingPlugin(stack, "all"), RecordPlugin(progress=False)
+    trunks = TrunkCachePlugin(host, stack, cfg.feature_cache, cfg.feature_cache_mb)
+    tick = time.perf_counter()
+    train_once(host, plan, [stacking, trunks, record])
+    seconds = time.perf_counter() - tick
+    try:
+        metrics = evaluate_task(host, task, cfg.eval_batch_size, progress=False)
+    finally:
+        stack.clear()
+    return {"metrics": metrics, "train_seconds": round(seconds, 2), "lr": train.lr, "steps": train.steps,
+            "final_loss": record.losses[-1]}
