@@ -38,7 +38,8 @@ from torch import nn
 
 from prompts.base import MethodError, PeftModule, check_at_least, register_method
 from prompts.coop import Coop, CoopConfig
-from prompts.vpt import VisualPromptTuning, VptConfig, append_to_sequence, block_width
+from prompts.tokens import append_to_sequence
+from prompts.vpt import VisualPromptTuning, VptConfig, block_width
 
 GENERAL_KNOWLEDGE_MAIN_WEIGHT = 0.1  # the prompted-image-vs-prompted-text term's weight in that phase
 
@@ -162,18 +163,19 @@ class DualModalityPromptTuning(PeftModule):
                 or self.visual_prompts.acts_inside(part))
 
     def read_batch(self, host, batch) -> None:
-        """Zero-shot ranking (this module off) -> each image's top-M classes; the batch's labels."""
+        """The zero-shot ranking -> each image's top-M classes; the batch's labels.
+
+        The host calls this with the module off (Host.begin), so the ranking is
+        the host's as this module found it.
+        """
         labels = torch.stack([t["label"] for t in batch.targets]) if batch.targets else None
-        self._batch = {"labels": labels, "text": [], "image": None, "aux": [], "top": None}
+        # "pass": what the current forward pass captured so far; "done": the last completed pass
+        self._batch = {"labels": labels, "top": None, "pass": {"text": [], "aux": []}, "done": None}
         if not (self.config.class_prompts or labels is not None):
             return
-        self.enabled = False
-        try:
-            with torch.no_grad():
-                text = host.text_features(batch.phrases, batch.template)
-                image = host.image_features(batch.pixels)
-        finally:
-            self.enabled = True
+        with torch.no_grad():
+            text = host.text_features(batch.phrases, batch.template)
+            image = host.image_features(batch.pixels)
         self._batch.update(zero_shot_text=text, zero_shot_image=image)
         if self.config.class_prompts:
             m = min(self.config.class_prompts, len(batch.phrases))
@@ -181,11 +183,13 @@ class DualModalityPromptTuning(PeftModule):
 
     def _keep_text(self, module, args, output):
         if self.enabled and self._batch is not None:
-            self._batch["text"].append(output)
+            self._batch["pass"]["text"].append(output)
 
     def _keep_image(self, module, args, output):
+        """The image projection ends a forward pass (a reader above this one runs one of its own first)."""
         if self.enabled and self._batch is not None:
-            self._batch["image"] = output
+            self._batch["done"] = {**self._batch["pass"], "image": output}
+            self._batch["pass"] = {"text": [], "aux": []}
 
     def _cavpt_active(self) -> bool:
         return self.enabled and self.config.class_prompts > 0
@@ -194,35 +198,35 @@ class DualModalityPromptTuning(PeftModule):
         """The tokens CAVPT block i appends: class-aware prompts of each image's top-M classes."""
         def tokens_for(x: torch.Tensor) -> torch.Tensor:
             batch = self._batch
-            if batch is None or batch["top"] is None or not batch["text"]:
+            if batch is None or batch["top"] is None or not batch["pass"]["text"]:
                 raise MethodError("dpt: the class-aware prompts need the batch's classes and their prompted text "
                                   "features first; go through the host's logits, loss or predict")
             if batch["top"].shape[0] != x.shape[0]:
                 raise MethodError(f"dpt: the image tower got {x.shape[0]} images, the batch shown first had "
                                   f"{batch['top'].shape[0]}")
-            text = torch.stack(batch["text"]).mean(0)  # (C, D) prompted class features, before normalising
+            text = torch.stack(batch["pass"]["text"]).mean(0)  # (C, D) prompted class features, not normalised
             prompts, head_input = self.class_aware[i](x, text[batch["top"]])
             if self.heads:
-                batch["aux"].append(self.heads[i](head_input))  # (B, M, C)
+                batch["pass"]["aux"].append(self.heads[i](head_input))  # (B, M, C)
             return prompts
         return tokens_for
 
     # -- training objective ----------------------------------------------------------
     def objective(self, loss, progress: float):
         batch, cfg = self._batch, self.config
-        if batch is None or batch["labels"] is None:
+        if batch is None or batch["labels"] is None or batch["done"] is None:
             return loss
-        host, labels = self.host, batch["labels"].to(loss.device)
-        if progress < cfg.general_knowledge and batch["text"] and batch["image"] is not None:
-            prompted_text = F.normalize(torch.stack(batch["text"]).mean(0), dim=-1)
-            prompted_image = F.normalize(batch["image"], dim=-1)
+        host, labels, done = self.host, batch["labels"].to(loss.device), batch["done"]
+        if progress < cfg.general_knowledge and done["text"]:
+            prompted_text = F.normalize(torch.stack(done["text"]).mean(0), dim=-1)
+            prompted_image = F.normalize(done["image"], dim=-1)
             loss = (GENERAL_KNOWLEDGE_MAIN_WEIGHT * loss
                     + F.cross_entropy(host.scores(batch["zero_shot_image"], prompted_text).float(), labels)
                     + F.cross_entropy(host.scores(prompted_image, batch["zero_shot_text"]).float(), labels))
-        if cfg.alpha > 0 and batch["aux"]:
+        if cfg.alpha > 0 and done["aux"]:
             hit = batch["top"].to(labels.device) == labels[:, None]  # (B, M): the ground-truth class's prompt
             if hit.any():
-                logits = torch.stack(batch["aux"])[:, hit]  # (blocks, hits, C)
+                logits = torch.stack(done["aux"])[:, hit]  # (blocks, hits, C)
                 targets = labels[:, None].expand_as(hit)[hit].repeat(logits.shape[0])
                 loss = loss + cfg.alpha * F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
         return loss

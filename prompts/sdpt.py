@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from prompts.base import MethodError, PeftModule, check_at_least, check_choice, register_method
+from prompts.tokens import extend_fusion, slice_fusion
 
 
 @dataclass
@@ -98,27 +99,15 @@ class SdptPrompts(PeftModule):
         def hook(attn, args, kwargs):
             if not self._active():
                 return None
-            vision, text = args  # GroundingDinoFusionLayer passes both feature tensors positionally
-            batch, k = vision.shape[0], self.config.k
+            batch, k = args[0].shape[0], self.config.k
             p_v, p_t = self.projected(i, attn)
-            vision = torch.cat([vision, p_v.to(vision.dtype).expand(batch, k, -1)], 1)
-            text = torch.cat([text, p_t.to(text.dtype).expand(batch, k, -1)], 1)
-            # Masks are True at padding. Image-side prototypes are always visible;
-            # text-side ones are hidden from image queries in 'official' mode.
-            v_mask = kwargs.get("vision_attention_mask")
-            t_mask = kwargs.get("text_attention_mask")
-            v_mask = torch.zeros(batch, vision.shape[1] - k, dtype=torch.bool, device=vision.device) if v_mask is None else v_mask
-            t_mask = torch.zeros(batch, text.shape[1] - k, dtype=torch.bool, device=text.device) if t_mask is None else t_mask
-            hide_text = self.config.text_prompt_mask == "official"
-            kwargs["vision_attention_mask"] = torch.cat([v_mask, v_mask.new_zeros(batch, k)], 1)
-            kwargs["text_attention_mask"] = torch.cat([t_mask, t_mask.new_full((batch, k), hide_text)], 1)
-            return (vision, text), kwargs
+            # text-side prototypes are hidden from image queries in 'official' mode
+            return extend_fusion(args, kwargs, p_v.expand(batch, k, -1), p_t.expand(batch, k, -1),
+                                 hide_text=self.config.text_prompt_mask == "official")
 
         return hook
 
     def _slice(self, attn, args, kwargs, output):
         if not self._active():
             return None
-        k = self.config.k
-        (v_out, v_weights), (t_out, t_weights) = output
-        return (v_out[:, :-k], v_weights[:, :-k, :-k]), (t_out[:, :-k], t_weights[:, :-k, :-k])
+        return slice_fusion(output, self.config.k, self.config.k)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from prompts.base import MethodError, PeftModule, check_at_least, register_method
+from prompts.tokens import append_to_sequence, drop_last
 
 
 @dataclass
@@ -39,37 +39,6 @@ def chosen_blocks(method: str, blocks: dict[str, nn.Module], layers: list[int] |
     if any(not -len(names) <= i < len(names) for i in indices):
         raise MethodError(f"{method}: layers {list(indices)} out of range; the host has {len(names)} image blocks")
     return [names[i] for i in indices]
-
-
-def append_to_sequence(block: nn.Module, tokens_for, active) -> list[RemovableHandle]:
-    """Hooks on a ``sequence`` block: ``tokens_for(x)`` (B, p, C) joins its input x (B, N, C) and the
-    block's last p outputs are dropped, so the next block sees N tokens again.
-
-    ``active()`` is read at each call; calls while inactive (a nested forward) pass through untouched.
-    """
-    appended: list[int] = []  # a stack: one entry per call in flight, 0 for inactive calls
-
-    def extend(module, args, kwargs):
-        tokens = tokens_for(args[0]) if active() else None
-        appended.append(0 if tokens is None else tokens.shape[1])
-        if tokens is None:
-            return None
-        return (torch.cat([args[0], tokens.to(args[0].dtype)], 1), *args[1:]), kwargs
-
-    def drop(module, args, output):
-        p = appended.pop()
-        return drop_last(output, p) if p else None
-
-    return [block.register_forward_pre_hook(extend, with_kwargs=True), block.register_forward_hook(drop)]
-
-
-def drop_last(output, p: int):
-    """The block output without its last p tokens: a tensor (B, N+p, C), or a tuple with it first
-    (and attention weights second, cut to N x N)."""
-    if isinstance(output, torch.Tensor):
-        return output[:, :-p]
-    hidden, weights = output[0], output[1] if len(output) > 1 else None
-    return hidden[:, :-p], (weights[..., :-p, :-p] if weights is not None else None)
 
 
 def block_width(block: nn.Module) -> int:

@@ -168,7 +168,7 @@ def test_run_refuses_bad_keys_before_loading_anything(_run, tmp_path, override, 
     assert "Traceback" not in out.stderr and not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("command", ["run", "report", "compare", "train", "eval", "methods", "hosts", "pretrain"])
+@pytest.mark.parametrize("command", ["run", "report", "compare", "train", "eval", "methods", "hosts", "pretrain", "fewshot"])
 def test_help(_run, command):
     out = _run(command, "--help")
     assert out.returncode == 0 and "usage:" in out.stdout
@@ -185,3 +185,54 @@ def test_train_one_module_on_top_of_another(_run, tmp_path):
     summary = json.loads(second.stdout)
     assert {"before", "after", "train_seconds", "final_loss", "module"} <= set(summary)
     assert (Path(summary["module"]) / "meta.json").is_file()
+
+
+FEWSHOT = """
+name: fs
+host: builtin:tiny-clip
+shots: [1, 2]
+seeds: [0, 1]
+data: {train_images: 10, val_images: 10, image_size: 64}
+train: {steps: 2, batch_size: 4, warmup: 1}
+tasks:
+  fruit: {data: "synthetic:fruit", kind: classification}
+methods:
+  zero-shot: {method: none}
+  coop: {method: coop, config: {tokens: 2}}
+  dpt: {method: dpt, config: {text_tokens: 2, visual_tokens: 2}}
+"""
+
+
+def test_fewshot_grid_writes_cells_table_and_plot_and_resumes(_run, tmp_path):
+    config = tmp_path / "fs.yaml"
+    config.write_text(FEWSHOT)
+    run_dir = tmp_path / "run"
+    out = _run("fewshot", config, f"run_dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((run_dir / "fewshot.json").read_text())
+    cells = results["cells"]
+    assert len(cells) == 2 * 2 * 3 and {c["train_images"] for c in cells} == {5, 10}  # 5 classes x K shots
+    assert len({json.dumps(c["metrics"]) for c in cells if c["method"] == "zero-shot"}) == 1
+    report = (run_dir / "report.md").read_text()
+    assert "| dpt |" in report and " ± " in report and (run_dir / "fewshot.png").stat().st_size > 1000
+    # a grid killed after 9 cells continues with the 3 missing ones, the others kept as they were
+    (run_dir / "fewshot.json").write_text(json.dumps({**results, "cells": cells[:9]}))
+    again = _run("fewshot", config, f"run_dir={run_dir}", "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = json.loads((run_dir / "fewshot.json").read_text())["cells"]
+    assert resumed[:9] == cells[:9] and len(resumed) == 12
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("methods.dpt.method=dtp", "methods.dpt.method: unknown method 'dtp'; did you mean 'dpt'?"),
+    ("methods.dpt.config.alpha=-1", "dpt: alpha must be a number >= 0, got -1"),
+    ("tasks.fruit.kind=detection", "tasks.fruit.kind: the few-shot protocol is for classification tasks"),
+    ("shots=[0]", "shots must be a non-empty list of positive counts"),
+    ("seedz=[1]", "unknown config key 'seedz'; did you mean 'seeds'?"),
+])
+def test_fewshot_refuses_bad_configs_before_loading_anything(_run, tmp_path, override, expected):
+    config = tmp_path / "fs.yaml"
+    config.write_text(FEWSHOT)
+    out = _run("fewshot", config, f"run_dir={tmp_path / 'x'}", override)
+    assert out.returncode == 2 and expected in out.stderr, out.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,7 +1,8 @@
 """Derived metrics of a run: the hand-computed matrix of test_forgetting, and partial matrices."""
 import pytest
 
-from evaluation.summary import derived_metrics
+from evaluation.forgetting import MetricsError
+from evaluation.summary import derived_metrics, mean_interval
 
 R = [[0.50, 0.10, 0.05],
      [0.40, 0.60, 0.10],
@@ -26,3 +27,12 @@ def test_seen_only_matrix_leaves_fwt_empty_but_keeps_the_rest():
     d = derived_metrics(TASKS, seen, Z)
     assert d["fwt"] is None
     assert d["bwt"] == pytest.approx(-0.075) and d["final_average"] == pytest.approx(0.55)
+
+
+def test_mean_interval_over_seeds_is_the_t_interval():
+    centre, half = mean_interval([1.0, 2.0, 3.0])
+    assert centre == 2.0
+    assert half == pytest.approx(4.302652729911275 / 3 ** 0.5)  # t(0.975, 2) * s / sqrt(n), s = 1
+    assert mean_interval([0.5]) == (0.5, None)
+    with pytest.raises(MetricsError, match="missing"):
+        mean_interval([0.5, None])

@@ -213,11 +213,20 @@ class Host(nn.Module):
     def begin(self, batch: Batch) -> None:
         """Show ``batch`` to the enabled modules that condition on it, before the forward.
 
-        Every host's ``loss`` and ``predict`` call it first.
+        Every host's ``loss`` and ``predict`` call it first. Each reader is called
+        with itself and the readers attached after it switched off, so a forward it
+        runs there sees the host as it found it, with the readers below it
+        already prepared for this batch.
         """
-        for module in self.batch_readers:
-            if module.enabled:
+        readers = [m for m in self.batch_readers if m.enabled]
+        for i, module in enumerate(readers):
+            for later in readers[i:]:
+                later.enabled = False
+            try:
                 module.read_batch(self, batch)
+            finally:
+                for later in readers[i:]:
+                    later.enabled = True
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         """(total loss, detached parts) of a training batch."""
