@@ -23,6 +23,17 @@ of the steps (30 of 60 epochs there), CE(zero-shot image, prompted text) +
 CE(prompted image, hand-made text) + 0.1 CE(prompted image, prompted text); then
 the last term alone; the auxiliary term throughout.
 
+On a grounding host (Grounding DINO, the SDPT paper's DPT baseline on GLIP):
+CoOp context before every phrase of the prompt, VPT-deep in every Swin block,
+and CAVPT in the fusion layers ``layers_from`` .. last (default: the last):
+each phrase's mean text feature entering the layer is a class query over the
+image tokens entering it (detached) plus the learned tokens, and the prompts
+join the image side of the layer's image-text attention (text queries attend
+to them; their own rows are cut). Every phrase of the prompt gets a prompt (a
+detection image holds several classes, so there is no top-M ranking), and there
+is no auxiliary loss and no general-knowledge phase: both need one class per
+image.
+
 DPT is not the identity at attach, and cannot be: its context replaces the
 hand-made template, and any appended token joins every attention softmax of its
 block. With all three parts off it is the identity.
@@ -38,7 +49,7 @@ from torch import nn
 
 from prompts.base import MethodError, PeftModule, check_at_least, register_method
 from prompts.coop import Coop, CoopConfig
-from prompts.tokens import append_to_sequence
+from prompts.tokens import append_to_sequence, extend_fusion, slice_fusion
 from prompts.vpt import VisualPromptTuning, VptConfig, block_width
 
 GENERAL_KNOWLEDGE_MAIN_WEIGHT = 0.1  # the prompted-image-vs-prompted-text term's weight in that phase
@@ -97,33 +108,43 @@ class DualModalityPromptTuning(PeftModule):
     def __init__(self, config=None, task: str | None = None):
         super().__init__(config, task)
         self._batch: dict | None = None  # what the hooks and the objective need of the current batch
+        self._ids: torch.Tensor | None = None  # grounding host: the running prompt's token ids
 
     def required_sites(self):
-        return ("image_blocks", "text_embeddings", "projections")
+        return ("image_blocks", "text_embeddings")
 
     # -- construction -------------------------------------------------------------
     def build(self, host) -> None:
+        """CAVPT in the last ViT blocks of a dual encoder, or in the fusion layers of a grounding host."""
         cfg = self.config
-        if host.block_layout("image_blocks") != "sequence":
-            raise MethodError(f"dpt: class-aware prompts need image blocks over a token sequence (ViT); "
-                              f"the {host.kind} host's are {host.block_layout('image_blocks')!r}")
-        blocks = host.sites("image_blocks")
-        names = list(blocks)
+        if "projections" in host.site_kinds and host.block_layout("image_blocks") == "sequence":
+            self.placement, sites = "image_blocks", host.sites("image_blocks")
+        elif "fusion" in host.site_kinds:
+            self.placement, sites = "fusion", host.sites("fusion")
+        else:
+            raise MethodError(f"dpt: class-aware prompts need ViT image blocks and projections (a dual encoder) or "
+                              f"fusion layers (a grounding host); a {host.kind} host has {', '.join(host.site_kinds)}")
+        names = list(sites)
         if not -len(names) <= cfg.layers_from < len(names):
-            raise MethodError(f"dpt: layers_from {cfg.layers_from} out of range; the host has {len(names)} image blocks")
+            raise MethodError(f"dpt: layers_from {cfg.layers_from} out of range; the host has {len(names)} "
+                              f"{'image blocks' if self.placement == 'image_blocks' else 'fusion layers'}")
         first = cfg.layers_from % len(names) if cfg.class_prompts else len(names)
         self.cavpt_sites = names[first:]
+        # VPT-deep below the class-aware blocks; on a grounding host CAVPT sits after the backbone: every block
+        below = list(range(first)) if self.placement == "image_blocks" else None
         self.text_prompts = Coop(CoopConfig(cfg.text_tokens, cfg.init_std), task=self.task)
-        self.visual_prompts = VisualPromptTuning(VptConfig(cfg.visual_tokens, cfg.init_std, list(range(first))),
-                                                 task=self.task)
-        text_dim = host.sites("projections")["text_projection"].out_features
-        self.class_aware = nn.ModuleList(ClassAwarePrompts(text_dim, block_width(blocks[name]), cfg)
-                                         for name in self.cavpt_sites)
+        self.visual_prompts = VisualPromptTuning(VptConfig(cfg.visual_tokens, cfg.init_std, below), task=self.task)
+        if self.placement == "image_blocks":
+            dims = [(host.sites("projections")["text_projection"].out_features, block_width(sites[name]))
+                    for name in self.cavpt_sites]
+        else:  # the fusion attention's text and image inputs
+            dims = [(sites[name].text_proj.in_features, sites[name].vision_proj.in_features) for name in self.cavpt_sites]
+        self.class_aware = nn.ModuleList(ClassAwarePrompts(text_dim, width, cfg) for text_dim, width in dims)
         self.heads = nn.ModuleList()  # auxiliary classifiers, sized to a task's classes by prepare()
 
     def prepare(self, task) -> None:
         """One auxiliary classifier per CAVPT block over the task's classes (training only)."""
-        if self.config.alpha > 0:
+        if self.config.alpha > 0 and self.placement == "image_blocks":
             self._make_heads(len(task.phrases))
 
     def _make_heads(self, classes: int) -> None:
@@ -141,6 +162,8 @@ class DualModalityPromptTuning(PeftModule):
         self.text_prompts.bind(host, self.built_for)
         self.visual_prompts.bind(host, self.built_for)
         host.batch_readers.append(self)
+        if self.placement == "fusion":
+            return self._install_fusion(host)
         projections = host.sites("projections")
         handles = [projections["text_projection"].register_forward_hook(self._keep_text),
                    projections["visual_projection"].register_forward_hook(self._keep_image)]
@@ -148,6 +171,40 @@ class DualModalityPromptTuning(PeftModule):
         for i, name in enumerate(self.cavpt_sites):
             handles += append_to_sequence(blocks[name], self._class_prompts(i), self._cavpt_active)
         return handles
+
+    def _install_fusion(self, host):
+        """Grounding host: each phrase's mean text feature entering a CAVPT fusion layer is a class query;
+        its class-aware prompt joins the image tokens of that layer's image-text attention."""
+        (embeddings,) = host.sites("text_embeddings").values()
+        handles = [embeddings.register_forward_hook(self._keep_ids)]
+        fusion = host.sites("fusion")
+        appended: list[int] = []  # per call in flight, as in prompts.tokens.append_to_sequence
+
+        def extend(i):
+            def hook(attn, args, kwargs):
+                if not self._cavpt_active():
+                    appended.append(0)
+                    return None
+                vision, text = args
+                spans = host.phrase_spans(self._ids[0])
+                phrases = torch.stack([text[:, a:b].mean(1) for a, b in spans], 1)  # (B, P, d_text)
+                prompts, _ = self.class_aware[i](vision, phrases)
+                appended.append(prompts.shape[1])
+                return extend_fusion(args, kwargs, prompts, None)
+            return hook
+
+        def cut(attn, args, kwargs, output):
+            extra = appended.pop()
+            return slice_fusion(output, extra, 0) if extra else None
+
+        for i, name in enumerate(self.cavpt_sites):
+            handles.append(fusion[name].register_forward_pre_hook(extend(i), with_kwargs=True))
+            handles.append(fusion[name].register_forward_hook(cut, with_kwargs=True))
+        return handles
+
+    def _keep_ids(self, module, args, output):
+        if self.enabled:
+            self._ids = args[0]  # the prompt's token ids (B, L), with the context slots
 
     def uninstall(self) -> None:
         self.text_prompts.detach()
@@ -168,6 +225,8 @@ class DualModalityPromptTuning(PeftModule):
         The host calls this with the module off (Host.begin), so the ranking is
         the host's as this module found it.
         """
+        if self.placement == "fusion":  # no per-image class to rank or to classify on a detection image
+            return
         labels = torch.stack([t["label"] for t in batch.targets]) if batch.targets else None
         # "pass": what the current forward pass captured so far; "done": the last completed pass
         self._batch = {"labels": labels, "top": None, "pass": {"text": [], "aux": []}, "done": None}

@@ -23,7 +23,7 @@ from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
 
 from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
                                   minilm_path, register_host)
-from continual.hosts.prompts import TextPrompt, build_prompts
+from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,6 +198,21 @@ class GroundingDinoHost(Host):
                                                     context=slots)
         return self._prompt_cache[key]
 
+    def phrase_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """[start, end) of each phrase in one prompt's token ids (L,): the runs between [CLS], the
+        delimiters and [SEP], as Grounding DINO's label maps read them."""
+        delimiters = set(self.tokenizer.convert_tokens_to_ids(list(DELIMITERS)))
+        ends = {self.tokenizer.sep_token_id, self.tokenizer.pad_token_id} | delimiters
+        spans, start = [], 1  # after [CLS]
+        for i, token in enumerate(input_ids.tolist()[1:], 1):
+            if token in ends:
+                if i > start:
+                    spans.append((start, i))
+                if token not in delimiters:
+                    break
+                start = i + 1
+        return spans
+
     def check_phrases(self, phrases, template="{}") -> None:
         """Phrases the grounding prompt cannot take fail here (DataError); the prompt is the phrases, no template."""
         self.prompts(phrases)
@@ -223,6 +238,7 @@ class GroundingDinoHost(Host):
         prompts, each sees only its own phrases' boxes and the losses average.
         """
         self.check_task_kind(batch.kind)
+        self.begin(batch)
         pixel_values, targets = batch.pixels, batch.targets
         total, parts = 0.0, {}  # parts stay tensors: no device sync per step
         prompt_list = self.prompts(batch.phrases)
@@ -247,6 +263,7 @@ class GroundingDinoHost(Host):
         A phrase's score for a query is the highest token probability in its span.
         """
         self.check_task_kind(batch.kind)
+        self.begin(batch)
         pixel_values, per_prompt = batch.pixels, []
         for prompt in self.prompts(batch.phrases):
             out = self.raw_outputs(pixel_values, prompt)
