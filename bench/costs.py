@@ -4,6 +4,7 @@
     .venv/bin/python bench/costs.py --host tiny --json          # JSON list of rows
     .venv/bin/python bench/costs.py --host t-size --image-size 800 --reps 5
     .venv/bin/python bench/costs.py --host tiny --stack-scaling  # SDPT stacks of 1..13 modules
+    .venv/bin/python bench/costs.py --host clip-b32 --reps 3     # a ViT-B/32-sized dual encoder at 224 px
 
 Columns as in the SDPT paper's cost table: inference GFLOPs per image (counted
 by torch.utils.flop_counter: matmuls, convolutions, attention; the deformable
@@ -17,6 +18,12 @@ switched off (its hooks pass values through; a disabled peft LoRA layer
 calls the base layer). CUDA is used when present, and absolute times are
 reported too. CPU memory is the bytes a training step holds at its peak:
 weights, the activations autograd saved, gradients and AdamW state.
+
+The dual encoder (``--host clip-b32``: CLIP ViT-B/32's configuration with random
+weights, the MiniLM tokenizer for its context slots) classifies the bench batch
+over 10 class sentences, which it encodes once per batch; its GFLOPs are the
+batch's divided by its size. A method's training step includes its own
+objective (DPT's auxiliary and general-knowledge terms).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import continual  # noqa: E402,F401  (torchvision shim)
 from continual.hosts.base import Batch  # noqa: E402
+from continual.hosts.dual_encoder import DualEncoderHost  # noqa: E402
 from continual.hosts.grounding_dino import GroundingDinoHost  # noqa: E402
 from prompts import Stack, build_module, parameter_counts  # noqa: E402
 
@@ -47,9 +56,19 @@ ROWS = [  # (method, variant, config)
     ("lora", "", {}),
     ("bitfit", "", {}),
     ("coop", "", {}),
+    ("dpt", "", {}),
     ("linear_probe", "", {}),
     ("full_ft", "", {}),
 ]
+DUAL_ENCODER_ROWS = [
+    ("coop", "16 ctx", {"tokens": 16}),
+    ("vpt", "10 tokens", {"tokens": 10}),
+    ("dpt", "", {}),
+    ("dpt", "no CAVPT", {"class_prompts": 0}),
+    ("linear_probe", "", {}),
+    ("full_ft", "", {}),
+]
+TEMPLATE = "a photo of a {}."
 # The prompt: COCO's 80 categories for the T-sized host (the paper's setting; the text length sets what
 # k extra text-side tokens cost), the base world's 12 phrases for the tiny host (max_text_len 64).
 COCO_NAMES = [n.replace("_", " ") for n in (
@@ -62,6 +81,7 @@ COCO_NAMES = [n.replace("_", " ") for n in (
 BASE_NAMES = [f"{colour} {shape}" for colour in ("red", "blue")
               for shape in ("circle", "square", "triangle", "star", "hexagon", "cross")]
 PHRASES: list[str] = []  # set in main() for the host
+BENCH_TASK = SimpleNamespace(phrases=PHRASES)  # what a module sizes task-dependent parts to (DPT's auxiliary heads)
 
 
 def sync(device: torch.device) -> None:
@@ -72,6 +92,8 @@ def sync(device: torch.device) -> None:
 def inputs(host, batch: int, device: torch.device, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randn(batch, 3, host.image_size, host.image_size, generator=generator).to(device)
+    if host.kind == "dual-encoder":
+        return pixels, [{"label": torch.randint(0, len(PHRASES), (), generator=generator)} for _ in range(batch)]
     targets = []
     for _ in range(batch):
         n = 3
@@ -86,29 +108,44 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def forward(host, pixels):
+    """What inference runs: the grounding model on the prompt, or the dual encoder's class logits."""
+    if host.kind == "dual-encoder":
+        return host.logits(Batch("classification", pixels, PHRASES, TEMPLATE))
+    return host.raw_outputs(pixels, host.prompts(PHRASES)[0])
+
+
+def training_loss(host, module, pixels, targets):
+    """The loss a training step minimises: the host's task loss through the module's own objective."""
+    kind = "classification" if host.kind == "dual-encoder" else "detection"
+    loss, _ = host.loss(Batch(kind, pixels, PHRASES, TEMPLATE, targets))
+    return module.objective(loss, 0.0)
+
+
 @torch.no_grad()
 def gflops(host, pixels) -> float:
+    """Per image: one image through the grounding model; the dual encoder's batch (text encoded once) / its size."""
+    images = pixels if host.kind == "dual-encoder" else pixels[:1]
     with FlopCounterMode(display=False) as counter, autocast(pixels.device):
-        host.raw_outputs(pixels[:1], host.prompts(PHRASES)[0])
-    return counter.get_total_flops() / 1e9
+        forward(host, images)
+    return counter.get_total_flops() / 1e9 / images.shape[0]
 
 
 @torch.no_grad()
 def forward_seconds(host, pixels) -> float:
-    prompt = host.prompts(PHRASES)[0]
     sync(pixels.device)
     start = time.perf_counter()
     with autocast(pixels.device):
-        host.raw_outputs(pixels, prompt)
+        forward(host, pixels)
     sync(pixels.device)
     return time.perf_counter() - start
 
 
-def train_step(host, params, optimizer, pixels, targets) -> float:
+def train_step(host, module, optimizer, pixels, targets) -> float:
     sync(pixels.device)
     start = time.perf_counter()
     with autocast(pixels.device):
-        loss, _ = host.loss(Batch("detection", pixels, PHRASES, targets=targets))
+        loss = training_loss(host, module, pixels, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -116,12 +153,12 @@ def train_step(host, params, optimizer, pixels, targets) -> float:
     return time.perf_counter() - start
 
 
-def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
+def peak_train_bytes(host, module, params, optimizer, pixels, targets) -> int:
     """Peak memory of one training step: CUDA's allocator peak, or on CPU weights + saved activations + grads + AdamW."""
     device = pixels.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        train_step(host, params, optimizer, pixels, targets)
+        train_step(host, module, optimizer, pixels, targets)
         return torch.cuda.max_memory_allocated(device)
     saved: dict[int, int] = {}
 
@@ -132,7 +169,7 @@ def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = host.loss(Batch("detection", pixels, PHRASES, targets=targets))
+        loss = training_loss(host, module, pixels, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -144,9 +181,9 @@ def peak_train_bytes(host, params, optimizer, pixels, targets) -> int:
     return sum(weights.values()) + activations + grads + state
 
 
-def count_only(host, rows, device: torch.device, progress) -> list[dict]:
+def count_only(host, rows, batch: int, device: torch.device, progress) -> list[dict]:
     """FLOPs and parameters alone (no timing): for input sizes too slow to time here."""
-    pixels, _ = inputs(host, 1, device)
+    pixels, _ = inputs(host, batch, device)
     host_gflops = gflops(host, pixels)
     out = []
     for method, variant, config in rows:
@@ -154,6 +191,7 @@ def count_only(host, rows, device: torch.device, progress) -> list[dict]:
         torch.manual_seed(0)
         stack = Stack(host)
         module = stack.push(build_module(method, config, task="bench"))
+        module.prepare(BENCH_TASK)
         try:
             counts = parameter_counts(host, module)
             flops = gflops(host, pixels)
@@ -176,6 +214,7 @@ def measure(host, rows, reps: int, batch: int, device: torch.device, progress) -
             torch.manual_seed(0)
             stack = Stack(host)
             module = stack.push(build_module(method, config, task="bench"))
+            module.prepare(BENCH_TASK)
             module.to(device)
             try:
                 params = stack.train_only(module)
@@ -194,10 +233,10 @@ def measure(host, rows, reps: int, batch: int, device: torch.device, progress) -
                 samples[i]["host_latency"].append(statistics.median(off) / batch)
                 optimizer = torch.optim.AdamW(params, lr=1e-6)
                 host.train()
-                train_step(host, params, optimizer, pixels, targets)  # warm-up: AdamW state, caches
-                samples[i]["step"].append(train_step(host, params, optimizer, pixels, targets))
+                train_step(host, module, optimizer, pixels, targets)  # warm-up: AdamW state, caches
+                samples[i]["step"].append(train_step(host, module, optimizer, pixels, targets))
                 if samples[i]["peak"] is None:
-                    samples[i]["peak"] = peak_train_bytes(host, params, optimizer, pixels, targets)
+                    samples[i]["peak"] = peak_train_bytes(host, module, params, optimizer, pixels, targets)
                 host.eval()
             finally:
                 stack.clear()
@@ -267,15 +306,36 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return head + "\n".join(lines) + f"\n\nPlain host: {rows[0]['host_gflops']:.3f} GFLOPs per image.\n"
 
 
-def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
-    """Rows and their text (markdown or one line per row) for one host; also written under --out."""
+def clip_b32(image_size: int) -> DualEncoderHost:
+    """CLIP ViT-B/32's configuration (vision 768 x 12 layers, 32-px patches; text 512 x 12) with random
+    weights; the MiniLM tokenizer, whose [unusedN] tokens are the context slots (ids fit CLIP's vocabulary)."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from continual.hosts.base import minilm_path
+
+    torch.manual_seed(0)
+    config = CLIPConfig(vision_config={"image_size": image_size, "patch_size": 32})
+    return DualEncoderHost(CLIPModel(config).eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size,
+                           "random CLIP ViT-B/32")
+
+
+def load_bench_host(name: str, args):
+    if name == "clip-b32":
+        return clip_b32(args.image_size or 224), DUAL_ENCODER_ROWS, COCO_NAMES[:10]
     source = "builtin:tiny-base" if name == "tiny" else "builtin:t-size"
     host = GroundingDinoHost.from_pretrained(source, image_size=args.image_size if name == "t-size" else None)
-    host.to(device)
-    batch = args.batch or (8 if name == "tiny" else 2)
-    PHRASES[:] = BASE_NAMES if name == "tiny" else COCO_NAMES
-    if len(host.prompts(PHRASES)) != 1:
+    phrases = BASE_NAMES if name == "tiny" else COCO_NAMES
+    if len(host.prompts(phrases)) != 1:
         raise SystemExit(f"the benchmark prompt must fit one text window of {host.model.config.max_text_len} tokens")
+    return host, ROWS, phrases
+
+
+def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
+    """Rows and their text (markdown or one line per row) for one host; also written under --out."""
+    host, all_rows, PHRASES[:] = load_bench_host(name, args)
+    source = host.source
+    host.to(device)
+    batch = args.batch or (2 if name == "t-size" else 8)
     meta = {"host": source, "image_size": host.image_size, "prompt_phrases": len(PHRASES), "device": str(device),
             "batch": batch, "reps": args.reps, "torch": torch.__version__}
 
@@ -288,9 +348,9 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
                          f"(x{r['flops_ratio']:.4f}), latency x{r['latency_ratio']:.3f}" for r in rows)
     else:
         keep = {m for m in args.only.split(",") if m} | {"full_ft"}
-        selected = [r for r in ROWS if not args.only or r[0] in keep]
+        selected = [r for r in all_rows if not args.only or r[0] in keep]
         if args.flops_only:
-            rows = count_only(host, selected, device, progress)
+            rows = count_only(host, selected, batch, device, progress)
             text = "\n".join(f"{r['method']} {r['variant']}: {r['gflops']:.3f} GFLOPs (x{r['flops_ratio']:.5f}), "
                              f"{r['trainable_params']:,} trainable ({r['fraction']:.4%})" for r in rows)
         else:
@@ -312,10 +372,11 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", choices=["tiny", "t-size", "both"], default="tiny",
-                        help="both: the tiny host, then the T-sized one, in one run")
+    parser.add_argument("--host", choices=["tiny", "t-size", "both", "clip-b32"], default="tiny",
+                        help="both: the tiny host, then the T-sized one, in one run; clip-b32: a dual encoder")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="the T-sized host's input size (default 800; the tiny host runs at its own 128)")
+                        help="the T-sized host's input size (default 800; the tiny host runs at its own 128), "
+                             "or the dual encoder's (default 224)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians over them)")
     parser.add_argument("--batch", type=int, default=None, help="batch for latency and steps (tiny 8, t-size 2)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from continual.hosts.base import Batch
+from continual.hosts.prompts import build_prompts
 from prompts import Stack, build_module, load_module, save_module
 from prompts.base import MethodError
 
@@ -147,3 +148,43 @@ def test_dpt_modules_stack_save_and_load_with_their_auxiliary_heads(tiny_clip_ho
     assert stack.modules[1].heads[0].out_features == len(PHRASES)
     with torch.no_grad():
         assert torch.equal(tiny_clip_host.logits(_batch(tiny_clip_host)), stacked)
+
+
+def test_grounding_host_reads_phrase_spans_off_the_token_ids(tiny_host):
+    phrases = ["red circle", "fish", "one way arrow"]
+    for context in (0, 3):
+        slots = tiny_host.context_token_ids(context)
+        (prompt,) = build_prompts(tiny_host.tokenizer, phrases, tiny_host.model.config.max_text_len, slots)
+        assert tiny_host.phrase_spans(prompt.input_ids[0]) == list(prompt.spans)
+
+
+def test_on_grounding_dino_each_phrase_prompts_the_image_side_of_the_last_fusion_layer(tiny_host):
+    phrases = ["red circle", "fish", "one way arrow"]
+    pixels = torch.randn(2, 3, tiny_host.image_size, tiny_host.image_size, generator=torch.Generator().manual_seed(0))
+    stack = Stack(tiny_host)
+    try:
+        dpt = stack.push(build_module("dpt", task="t"))
+        assert dpt.placement == "fusion"
+        assert len(dpt.visual_prompts.prompts) == len(tiny_host.sites("image_blocks"))  # VPT-deep in every Swin block
+        fusion = list(tiny_host.sites("fusion").values())
+        seen = []
+        handles = [f.register_forward_pre_hook(lambda m, args, kw: seen.append(("in", args[0].shape[1],
+                                                                                args[1].shape[1])), with_kwargs=True)
+                   for f in fusion]
+        handles += [f.register_forward_hook(lambda m, args, out: seen.append(("out", out[0][0].shape[1],
+                                                                               out[1][0].shape[1]))) for f in fusion]
+        try:
+            with torch.no_grad():
+                tiny_host.predict(Batch("detection", pixels, phrases))
+        finally:
+            for h in handles:
+                h.remove()
+        (_, n_image, n_text), last_in, last_out = seen[0], seen[-2], seen[-1]
+        assert seen[:-2] == [("in", n_image, n_text), ("out", n_image, n_text)] * (len(fusion) - 1)
+        assert last_in == ("in", n_image + len(phrases), n_text) and last_out == ("out", n_image, n_text)
+        targets = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
+                   {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
+        loss, _ = tiny_host.loss(Batch("detection", pixels, phrases, targets=targets))
+        assert torch.equal(dpt.objective(loss, 0.0), loss)  # no auxiliary or general-knowledge terms on detection
+    finally:
+        stack.clear()
