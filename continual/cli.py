@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train one PEFT module on one task (on top of earlier modules)",
                         description="A one-step stream: evaluate the task, train the module, evaluate again; the "
                                     "run folder (--out) holds the module under modules/ and the usual outputs.")
-    tr.add_argument("--method", required=True, help="sdpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
+    tr.add_argument("--method", required=True,
+                    help="sdpt, dpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
     tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
     tr.add_argument("--kind", choices=["detection", "classification"], default="detection",
                     help="task kind (classification needs a dual-encoder host, e.g. --checkpoint builtin:tiny-clip)")

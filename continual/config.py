@@ -187,7 +187,7 @@ def step_train_config(cfg: RunConfig, step: StepConfig, where: str = "config") -
         raise ConfigError(f"{where}: bad train override for task {step.task!r}: {str(err).splitlines()[0]}") from err
 
 
-def _positive(where: str, values: dict[str, float | None], allow_zero: tuple[str, ...] = ()) -> None:
+def check_positive(where: str, values: dict[str, float | None], allow_zero: tuple[str, ...] = ()) -> None:
     for key, value in values.items():
         if value is None:
             continue
@@ -195,11 +195,11 @@ def _positive(where: str, values: dict[str, float | None], allow_zero: tuple[str
             raise ConfigError(f"{where}: {key} must be {'>= 0' if key in allow_zero else '> 0'}, got {value}")
 
 
-def _check_train(where: str, prefix: str, train: TrainConfig) -> None:
-    _positive(where, {f"{prefix}steps": train.steps, f"{prefix}batch_size": train.batch_size, f"{prefix}lr": train.lr,
-                      f"{prefix}weight_decay": train.weight_decay, f"{prefix}warmup": train.warmup,
-                      f"{prefix}clip": train.clip},
-              allow_zero=(f"{prefix}weight_decay", f"{prefix}warmup"))
+def check_train(where: str, prefix: str, train: TrainConfig) -> None:
+    values = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
+              "weight_decay": train.weight_decay, "warmup": train.warmup, "clip": train.clip}
+    check_positive(where, {prefix + k: v for k, v in values.items()},
+                   allow_zero=(f"{prefix}weight_decay", f"{prefix}warmup"))
 
 
 def _check_kind(where: str, at: str, kind: str, host) -> None:
@@ -222,11 +222,11 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"{where}: device must be auto, cpu or cuda[:N], got {cfg.device!r}")
-    _positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
+    check_positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
                       "data.image_size": cfg.data.image_size, "eval_batch_size": cfg.eval_batch_size,
                       "checkpoint_every": cfg.checkpoint_every, "feature_cache_mb": cfg.feature_cache_mb},
               allow_zero=("checkpoint_every", "feature_cache_mb"))
-    _check_train(where, "train.", cfg.train)
+    check_train(where, "train.", cfg.train)
     try:
         host = host_class(cfg.host)
     except HostError as err:
@@ -276,7 +276,7 @@ def validate(cfg: RunConfig, where: str) -> None:
                     check_sites(module, host.kind, host.site_kinds)
                 except MethodError as err:
                     raise ConfigError(f"{where}: {at}.method: {err} (host {cfg.host})") from err
-            _check_train(where, f"{at}.train.", step_train_config(cfg, step, where))
+            check_train(where, f"{at}.train.", step_train_config(cfg, step, where))
         for name in cfg.held_out:
             if name not in cfg.tasks:
                 raise ConfigError(f"{where}: held_out: unknown task {name!r}{_nearest(name, cfg.tasks)}")

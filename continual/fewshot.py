@@ -23,8 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from continual import atomic
-from continual.config import (NO_MODULE, ConfigError, DataConfig, TaskConfig, _check_train, _positive, load_structured,
-                              to_yaml)
+from continual.config import (NO_MODULE, ConfigError, DataConfig, TaskConfig, check_positive, check_train,
+                              load_structured, to_yaml)
 from continual.evaluate import evaluate_task
 from continual.plugins import RecordPlugin, StackingPlugin, TrunkCachePlugin
 from continual.strategy import StepPlan, train_once
@@ -80,9 +80,9 @@ def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
         raise ConfigError(f"{where}: seeds must be a non-empty list without repeats, got {cfg.seeds}")
     if not cfg.tasks or not cfg.methods:
         raise ConfigError(f"{where}: a few-shot grid needs `tasks` and `methods`")
-    _positive(where, {"eval_batch_size": cfg.eval_batch_size, "feature_cache_mb": cfg.feature_cache_mb},
+    check_positive(where, {"eval_batch_size": cfg.eval_batch_size, "feature_cache_mb": cfg.feature_cache_mb},
               allow_zero=("feature_cache_mb",))
-    _check_train(where, "train.", cfg.train)
+    check_train(where, "train.", cfg.train)
     for name, task in cfg.tasks.items():
         if task.kind != "classification":
             raise ConfigError(f"{where}: tasks.{name}.kind: the few-shot protocol is for classification tasks, "

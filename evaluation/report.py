@@ -86,7 +86,8 @@ def run_report(results: dict) -> str:
 def study_report(name: str, rows: list[dict]) -> str:
     metrics = {r["metric"] for r in rows}
     metric = metrics.pop() if len(metrics) == 1 else "metric"
-    table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention", "hAP"],
+    table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
+                            "hAP"],
                    [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
                      _f(r["old_retention"]), _f(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)

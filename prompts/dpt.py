@@ -138,7 +138,8 @@ class DualModalityPromptTuning(PeftModule):
             dims = [(host.sites("projections")["text_projection"].out_features, block_width(sites[name]))
                     for name in self.cavpt_sites]
         else:  # the fusion attention's text and image inputs
-            dims = [(sites[name].text_proj.in_features, sites[name].vision_proj.in_features) for name in self.cavpt_sites]
+            dims = [(sites[name].text_proj.in_features, sites[name].vision_proj.in_features)
+                    for name in self.cavpt_sites]
         self.class_aware = nn.ModuleList(ClassAwarePrompts(text_dim, width, cfg) for text_dim, width in dims)
         self.heads = nn.ModuleList()  # auxiliary classifiers, sized to a task's classes by prepare()
 

@@ -84,11 +84,20 @@ def test_methods_json_contract(_run):
     out = _run("methods", "--checkpoint", "builtin:tiny-base", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {row["method"]: row for row in json.loads(out.stdout)}
-    assert {"sdpt", "adapter", "vpt", "lora", "bitfit", "coop", "linear_probe", "full_ft"} <= set(rows)
+    assert {"sdpt", "adapter", "vpt", "lora", "bitfit", "coop", "dpt", "linear_probe", "full_ft"} <= set(rows)
     for row in rows.values():
         assert row["fraction"] == pytest.approx(row["trainable_params"] / row["total_params"])
     assert rows["sdpt"]["trainable_params"] == 10 * 128 * 2  # k * E * fusion layers at the default k
     assert rows["full_ft"]["fraction"] == 1.0
+    assert rows["dpt"]["trainable_params"] > 0  # DPT's Grounding DINO port
+
+
+def test_methods_json_contract_on_tiny_clip(_run):
+    out = _run("methods", "--checkpoint", "builtin:tiny-clip", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {row["method"]: row for row in json.loads(out.stdout)}
+    assert all(rows[m]["trainable_params"] > 0 for m in ("dpt", "coop", "vpt"))
+    assert "sdpt" not in rows  # no fusion layers on a dual encoder
 
 
 def test_bad_input_is_one_line_error_not_a_traceback(_run, tmp_path):
