@@ -45,7 +45,7 @@ def _cell(entry) -> str:
 
 def _markdown(table: dict, methods: list[str], shots: list[int]) -> str:
     return markdown_table(["method", *(f"{k} shot{'s' if k > 1 else ''}" for k in shots)],
-                  [[m, *(_cell(table.get(m, {}).get(k)) for k in shots)] for m in methods])
+                          [[m, *(_cell(table.get(m, {}).get(k)) for k in shots)] for m in methods])
 
 
 def fewshot_report(results: dict, methods: list[str], shots: list[int]) -> str:
@@ -62,7 +62,7 @@ def fewshot_report(results: dict, methods: list[str], shots: list[int]) -> str:
     for task in tasks:
         lines += [f"### {task}", "", _markdown(summary(cells, methods, shots, task), methods, shots), ""]
     lines += ["## Training time", "", markdown_table(["method", "seconds (all cells)"],
-                                             [[m, f"{seconds[m]:.0f}"] for m in methods]), ""]
+                                                     [[m, f"{seconds[m]:.0f}"] for m in methods]), ""]
     return "\n".join(lines)
 
 

@@ -61,24 +61,24 @@ def run_report(results: dict) -> str:
         f"## Results matrix ({METRIC_TITLES.get(metric, 'each task its primary metric')})",
         "Row i: after training step i; column j: task j. The first row is before any training.",
         markdown_table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
-               matrix_rows),
+                       matrix_rows),
         "## Derived metrics",
         markdown_table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
-               [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
-                 _f(d["hap"])]]),
+                       [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
+                         _f(d["hap"])]]),
         markdown_table(["task", "retention", "forgetting"],
-               [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
+                       [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
     ]
     if results["held_out"]:
         parts += ["## Held-out tasks (never trained)",
                   markdown_table(["task", "zero-shot", "after the stream", "zero-shot retention"],
-                         [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t])]
-                          for t, v in results["held_out"].items()])]
+                                 [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t])]
+                                  for t, v in results["held_out"].items()])]
     parts += ["## Modules",
               markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
-                     [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
-                       _f(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
-                      for m in results["modules"]]),
+                             [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
+                               _f(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
+                              for m in results["modules"]]),
               "![results matrix](plots/matrix.png)"]
     return "\n\n".join(parts) + "\n"
 
@@ -88,8 +88,8 @@ def study_report(name: str, rows: list[dict]) -> str:
     metric = metrics.pop() if len(metrics) == 1 else "metric"
     table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
                             "hAP"],
-                   [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
-                     _f(r["old_retention"]), _f(r["hap"])] for r in rows])
+                           [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
+                             _f(r["old_retention"]), _f(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
             f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
