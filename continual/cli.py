@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fs = sub.add_parser("fewshot", help="the few-shot protocol: methods x shots x seeds x tasks, one table",
                         description="Train every method of the config per (task, shots, seed) on K images per "
-                                    "class; report mean top-1 accuracy with 95%% intervals over seeds and plot it "
+                                    "class; report mean top-1 accuracy with 95% intervals over seeds and plot it "
                                     "against shots.")
     fs.add_argument("config", help="YAML config, e.g. configs/fewshot.yaml")
     fs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
