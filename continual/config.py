@@ -179,8 +179,8 @@ def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def step_train_config(cfg: RunConfig, step: StepConfig, where: str = "config") -> TrainConfig:
-    """The run's ``train`` section with the step's overrides on top."""
+def step_train_config(cfg, step: StepConfig, where: str = "config") -> TrainConfig:
+    """The ``train`` section of ``cfg`` (a run's or a few-shot grid's) with the step's overrides on top."""
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg.train), step.train))
     except OmegaConfBaseException as err:

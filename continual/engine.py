@@ -31,7 +31,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from omegaconf import OmegaConf
 
 from continual import atomic
-from continual.config import NO_MODULE, RunConfig, StepConfig, step_train_config, to_yaml
+from continual.config import NO_MODULE, DataConfig, RunConfig, StepConfig, TaskConfig, step_train_config, to_yaml
 from continual.hosts.base import Host, build_host
 from continual.plugins import CheckpointPlugin, RecordPlugin, StackingPlugin, TaskMetric, TrunkCachePlugin
 from continual.strategy import StepPlan, StreamStrategy, build_benchmark
@@ -77,17 +77,8 @@ class Workspace:
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
         device = resolve_device(cfg.device)
         host = build_host(cfg.host).to(device)
-        sizes = WorldSizes(train=cfg.data.train_images, val=cfg.data.val_images, image_size=cfg.data.image_size)
         used = {s.task for steps in cfg.streams().values() for s in steps} | set(cfg.held_out)
-        tasks = {}
-        for name in sorted(used):
-            spec = cfg.tasks[name]
-            tasks[name] = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=cfg.data.seed,
-                                    sizes=sizes, kind=spec.kind, shots=spec.shots, template=spec.template)
-            try:  # phrases the text encoder cannot take fail now, not mid-stream
-                host.check_phrases(tasks[name].phrases, tasks[name].template)
-            except DataError as err:
-                raise DataError(f"task {name!r} ({spec.data}): {err}") from err
+        tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host) for name in sorted(used)}
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
         return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
@@ -98,6 +89,19 @@ class Workspace:
                    "data": asdict(cfg.data), "tasks": {n: asdict(cfg.tasks[n]) for n in sorted(self.tasks)},
                    "parts": parts}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def open_task(name: str, spec: TaskConfig, data: DataConfig, host: Host) -> Task:
+    """A config's task loaded (synthetic worlds at the config's sizes and seed), its phrases checked
+    against the host's text encoder now rather than mid-run."""
+    sizes = WorldSizes(train=data.train_images, val=data.val_images, image_size=data.image_size)
+    task = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=data.seed, sizes=sizes,
+                     kind=spec.kind, shots=spec.shots, template=spec.template)
+    try:
+        host.check_phrases(task.phrases, task.template)
+    except DataError as err:
+        raise DataError(f"task {name!r} ({spec.data}): {err}") from err
+    return task
 
 
 def _module_sha(folder: str) -> str:

@@ -23,15 +23,13 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from continual import atomic
-from continual.config import (NO_MODULE, ConfigError, DataConfig, TaskConfig, check_positive, check_train,
-                              load_structured, to_yaml)
+from continual.config import (NO_MODULE, ConfigError, DataConfig, RunConfig, StepConfig, TaskConfig, check_positive,
+                              check_train, load_structured, step_train_config, to_yaml, validate)
 from continual.evaluate import evaluate_task
 from continual.plugins import RecordPlugin, StackingPlugin, TrunkCachePlugin
 from continual.strategy import StepPlan, train_once
 from continual.training import TrainConfig
 from evaluation.fewshot import fewshot_outputs
-from tasks.errors import DataError
-from tasks.worlds import WorldSizes
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +70,6 @@ def load_fewshot_config(path: str | Path, overrides=()) -> FewshotConfig:
 
 def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
     """What can be checked before anything loads: lists, tasks, methods, their configs and sites."""
-    from continual.config import RunConfig, StepConfig, validate
-
     if not cfg.shots or any(k < 1 for k in cfg.shots):
         raise ConfigError(f"{where}: shots must be a non-empty list of positive counts, got {cfg.shots}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
@@ -101,12 +97,10 @@ def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
             raise ConfigError(str(err).replace("stream.0.", f"methods.{label}.")) from err
 
 
-def _train_config(cfg: FewshotConfig, spec: MethodSpec, seed: int) -> TrainConfig:
-    from omegaconf import OmegaConf
-
+def _train_config(cfg: FewshotConfig, label: str, spec: MethodSpec, seed: int) -> TrainConfig:
     from prompts import METHODS
 
-    train = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg.train), spec.train))
+    train = step_train_config(cfg, StepConfig(task=label, method=spec.method, train=spec.train))
     train.seed = seed
     train.lr = train.lr or METHODS[spec.method].default_lr
     return train
@@ -118,10 +112,9 @@ def _cell_key(cell: dict) -> tuple:
 
 def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Every (task, shots, seed, method) cell not yet in the run folder; then the table and the plot."""
-    from continual.engine import prepare_run_dir, resolve_device
+    from continual.engine import open_task, prepare_run_dir, resolve_device
     from continual.hosts.base import build_host
     from prompts import Stack
-    from tasks.task import load_task
 
     run_dir = Path(cfg.run_dir)
     prepare_run_dir(to_yaml(cfg), run_dir, resume, overwrite)
@@ -129,17 +122,11 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
     cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
     done = {_cell_key(c) for c in cells}
     host = build_host(cfg.host).to(resolve_device(cfg.device))
-    sizes = WorldSizes(train=cfg.data.train_images, val=cfg.data.val_images, image_size=cfg.data.image_size)
     stack = Stack(host)
     total = len(cfg.tasks) * len(cfg.shots) * len(cfg.seeds) * len(cfg.methods)
     bar = tqdm(total=total, initial=len(done), desc="few-shot cells", disable=not progress)
     for name, spec in cfg.tasks.items():
-        task = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=cfg.data.seed, sizes=sizes,
-                         kind="classification", template=spec.template)
-        try:
-            host.check_phrases(task.phrases, task.template)
-        except DataError as err:
-            raise DataError(f"task {name!r} ({spec.data}): {err}") from err
+        task = open_task(name, spec, cfg.data, host)
         zero_shot = next((c["metrics"] for c in cells if c["task"] == name and c["method"] == NO_MODULE), None)
         for shots in cfg.shots:
             for seed in cfg.seeds:
@@ -156,8 +143,8 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
                         zero_shot = zero_shot or evaluate_task(host, task, cfg.eval_batch_size, progress=False)
                         cell.update(metrics=zero_shot, train_seconds=0.0)
                     else:
-                        cell.update(_train_and_evaluate(host, stack, few, method, _train_config(cfg, method, seed),
-                                                        cfg))
+                        train = _train_config(cfg, label, method, seed)
+                        cell.update(_train_and_evaluate(host, stack, few, method, train, cfg))
                     log.info("[%s] %s, %d shot(s), seed %d: %s accuracy %.3f", cfg.name, name, shots, seed, label,
                              cell["metrics"]["accuracy"])
                     cells.append(cell)

@@ -48,9 +48,14 @@ def _markdown(table: dict, methods: list[str], shots: list[int]) -> str:
                           [[m, *(_cell(table.get(m, {}).get(k)) for k in shots)] for m in methods])
 
 
+def _tasks(cells: list[dict]) -> list[str]:
+    """The tasks of the cells, in the order they were run."""
+    return list(dict.fromkeys(c["task"] for c in cells))
+
+
 def fewshot_report(results: dict, methods: list[str], shots: list[int]) -> str:
     cells = results["cells"]
-    tasks = sorted({c["task"] for c in cells}, key=[c["task"] for c in cells].index)
+    tasks = _tasks(cells)
     seeds = sorted({c["seed"] for c in cells})
     seconds = {m: sum(c["train_seconds"] for c in cells if c["method"] == m) for m in methods}
     lines = [f"# Few-shot: {results['name']}", "",
@@ -68,7 +73,7 @@ def fewshot_report(results: dict, methods: list[str], shots: list[int]) -> str:
 
 def fewshot_outputs(results: dict, methods: list[str], shots: list[int]) -> dict[str, bytes | str]:
     cells = results["cells"]
-    tasks = sorted({c["task"] for c in cells}, key=[c["task"] for c in cells].index)
+    tasks = _tasks(cells)
     panels = {"mean over tasks": summary(cells, methods, shots)}
     panels.update({task: summary(cells, methods, shots, task) for task in tasks})
     return {"report.md": fewshot_report(results, methods, shots),
