@@ -34,11 +34,12 @@ def _progress() -> bool:
 def _format_metrics(rows: dict[str, dict]) -> str:
     first = next(iter(rows.values()))
     names = [n for n in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100") if n in first] \
-        or [n for n in first if n != "images"]
-    header = f"{'task':<24}" + "".join(f"{n:>8}" for n in names)
+        or [n for n in first if n not in ("images", "questions")]
+    width = max(8, *(len(n) + 2 for n in names))
+    header = f"{'task':<24}" + "".join(f"{n:>{width}}" for n in names)
     lines = [header, "-" * len(header)]
     for task, metrics in rows.items():
-        lines.append(f"{task:<24}" + "".join(f"{metrics[n]:>8.3f}" for n in names))
+        lines.append(f"{task:<24}" + "".join(f"{metrics[n]:>{width}.3f}" for n in names))
     return "\n".join(lines)
 
 
@@ -111,11 +112,14 @@ def cmd_train(args) -> int:
     from continual.training import TrainConfig
     from evaluation.report import load_runs
 
+    from continual.hosts.base import host_class
+
     name = args.task.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    kind = args.kind or host_class(args.checkpoint).task_kinds[0]
     method_config = OmegaConf.to_container(OmegaConf.from_dotlist(args.set)) if args.set else {}
     cfg = RunConfig(name=f"train-{args.method}-{name}", host=args.checkpoint, data=DataConfig(seed=args.seed),
                     train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-                    start_from=list(args.on_top), tasks={name: TaskConfig(data=args.task, kind=args.kind)},
+                    start_from=list(args.on_top), tasks={name: TaskConfig(data=args.task, kind=kind)},
                     stream=[StepConfig(task=name, method=args.method, config=method_config)])
     cfg.run_dir = args.out or f"runs/{cfg.name}"
     validate(cfg, "continual train")
@@ -222,17 +226,20 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tasks.task import TASK_KINDS
+
     parser = argparse.ArgumentParser(prog="continual", description=__doc__ + " Continual adaptation of frozen VLPs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("eval", help="a checkpoint's metrics on tasks (COCO mAP, top-1 accuracy)")
     ev.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                    help="builtin:tiny-base, builtin:tiny-clip, a save_pretrained folder or a HF id (default %(default)s)")
+                    help="builtin:tiny-base, builtin:tiny-clip, builtin:tiny-vilt, a save_pretrained folder or a HF id "
+                         "(default %(default)s)")
     ev.add_argument("--task", action="append", help="synthetic:WORLD, coco:FOLDER or a folder; repeatable")
-    ev.add_argument("--kind", choices=["detection", "classification"],
+    ev.add_argument("--kind", choices=TASK_KINDS,
                     help="task kind (default: the host's first: detection for Grounding DINO, classification for "
-                         "a dual encoder)")
+                         "a dual encoder, vqa for ViLT)")
     ev.add_argument("--template", default="a photo of a {}.", help="class sentence for classification ({} = class)")
     ev.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     ev.add_argument("--json", action="store_true", help="print JSON (one object for one task)")
@@ -253,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description="A one-step stream: evaluate the task, train the module, evaluate again; the "
                                     "run folder (--out) holds the module under modules/ and the usual outputs.")
     tr.add_argument("--method", required=True,
-                    help="sdpt, dpt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft")
+                    help="sdpt, dpt, apt, deep_prompt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft "
+                         "(continual methods --checkpoint CKPT lists those a host takes)")
     tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
-    tr.add_argument("--kind", choices=["detection", "classification"], default="detection",
-                    help="task kind (classification needs a dual-encoder host, e.g. --checkpoint builtin:tiny-clip)")
+    tr.add_argument("--kind", choices=TASK_KINDS,
+                    help="task kind (default: the host's first; classification needs a dual-encoder host, e.g. "
+                         "--checkpoint builtin:tiny-clip, vqa a ViLT, e.g. builtin:tiny-vilt)")
     tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     tr.add_argument("--on-top", action="append", default=[], metavar="MODULE_DIR",
                     help="a saved module to stack below the new one; repeatable, in order")
@@ -304,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the base world; stage `scenes` goes on with the same shapes on every world's "
                                     "backgrounds. Dual encoder (builtin:tiny-clip): stage `captions` trains the ViT "
                                     "and both projections contrastively on captioned object crops beside the frozen "
-                                    "MiniLM. pretrain.json beside the checkpoint records every stage.")
-    pt.add_argument("--host", choices=["grounding-dino", "dual-encoder"], default="grounding-dino",
+                                    "MiniLM. ViLT (builtin:tiny-vilt): stage `vqa` trains all but MiniLM's word "
+                                    "embeddings on questions about the base shapes. pretrain.json beside the "
+                                    "checkpoint records every stage.")
+    pt.add_argument("--host", choices=["grounding-dino", "dual-encoder", "vilt"], default="grounding-dino",
                     help="which tiny host to pretrain (default %(default)s)")
     pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends)")
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",

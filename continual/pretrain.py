@@ -18,6 +18,13 @@ sentence embeddings relate "starfish" to "star" and "fish"), and twelve class
 captions would wear that knowledge away; frozen, it also makes novel class
 names mean what MiniLM says they mean.
 
+ViLT (``builtin:tiny-vilt``). Stage ``vqa`` trains everything but the MiniLM
+word embeddings (frozen: the host's only source of word meaning, as above) on
+questions about ``base-scenes`` (tasks.questions), with ViLT's VQA loss over the
+base world's answers; the head's rows of the novel worlds' answers stay as
+initialised, so novel class names and colours are unknown answers until a
+module learns them.
+
 ``pretrain.json`` beside the checkpoint records every stage run to make it
 (settings, training curve, validation metrics on the stage's world), the
 base-world metrics and the zero-shot metrics on every novel world.
@@ -39,6 +46,7 @@ from continual.evaluate import evaluate_task
 from continual.hosts.base import local_folder
 from continual.hosts.dual_encoder import DualEncoderHost
 from continual.hosts.grounding_dino import GroundingDinoHost
+from continual.hosts.vilt import ViltHost
 from continual.strategy import fit
 from continual.training import TrainConfig
 from tasks.task import load_task
@@ -51,7 +59,15 @@ RECORD = "pretrain.json"
 # Caption templates of the dual encoder's pretraining (CLIP-style sentences; the eval default among them).
 CAPTION_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "a {}.", "an image showing a {}.",
                      "a drawing of a {}.", "a photo of the {}."]
-HOST_KINDS = {"grounding-dino": ("detection", GroundingDinoHost), "dual-encoder": ("classification", DualEncoderHost)}
+HOST_KINDS = {"grounding-dino": ("detection", GroundingDinoHost), "dual-encoder": ("classification", DualEncoderHost),
+              "vilt": ("vqa", ViltHost)}
+
+
+def language_source(host) -> torch.nn.Module:
+    """What stays frozen in pretraining: the MiniLM text encoder, or (ViLT) its word embeddings."""
+    if isinstance(host, ViltHost):
+        return host.model.vilt.embeddings.text_embeddings.word_embeddings
+    return host.trunks()["text"].module
 
 
 @dataclass
@@ -81,9 +97,15 @@ def dual_encoder_stages() -> dict[str, PretrainStage]:
                                                                        seed=0))}
 
 
+def vilt_stages() -> dict[str, PretrainStage]:
+    """The run that produced the shipped tiny-vilt checkpoint."""
+    return {"vqa": PretrainStage("base-scenes", 6000, TrainConfig(steps=4000, batch_size=32, lr=5e-4,
+                                                                  weight_decay=0.01, warmup=200, clip=1.0, seed=0))}
+
+
 @dataclass
 class PretrainConfig:
-    host: str = "grounding-dino"  # or dual-encoder
+    host: str = "grounding-dino"  # or dual-encoder, vilt
     stages: dict[str, PretrainStage] = field(default_factory=default_stages)
     image_size: int = 128  # of the synthetic worlds' images
     eval_every: int = 1000  # steps between validations on the stage's world (0: at its end only)
@@ -96,6 +118,8 @@ class PretrainConfig:
             raise ConfigError(f"pretrain: unknown host {host!r}; choose from {', '.join(HOST_KINDS)}")
         if host == "dual-encoder":
             return cls(host=host, stages=dual_encoder_stages(), eval_every=500, val_images=100)
+        if host == "vilt":
+            return cls(host=host, stages=vilt_stages(), eval_every=1000, val_images=100)
         return cls(host=host)
 
 
@@ -135,8 +159,7 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
         host = host_cls.build_tiny(cfg.image_size, seed=first.train.seed)
     else:
         host = host_cls.build_tiny(seed=first.train.seed)
-    # The text encoder (MiniLM) stays frozen (see the module docstring).
-    host.trunks()["text"].module.requires_grad_(False)
+    language_source(host).requires_grad_(False)  # see the module docstring
     record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
     for name in names:
         record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress))

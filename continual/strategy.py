@@ -17,6 +17,8 @@ EvaluationPlugin and loggers stay Avalanche's. Replaced, each for a reason:
   (``continual.training``).
 - ``forward``: the current experience's task goes to the model explicitly;
   bf16 autocast on CUDA (fp16 with a scaler is Avalanche's).
+- ``_unpack_minibatch``: moves the targets' tensors and leaves their text (VQA
+  questions) alone; Avalanche's calls ``.to`` on every value.
 
 State is explicit: ``train_step(plan, experience)`` takes a ``StepPlan`` (what
 to train, how, and the checkpoint to resume from); the plugins read
@@ -56,7 +58,8 @@ class HostModel(nn.Module):
     """The host behind the torchvision-style interface, for any task kind.
 
     Training: ``model(images, targets, task) -> {"loss": total}``. Evaluation:
-    ``model(images, task=task)`` -> the host's per-image predictions.
+    ``model(images, targets, task)`` -> the host's per-image predictions (the
+    targets only lend their questions, for VQA).
     """
 
     def __init__(self, host):
@@ -64,7 +67,7 @@ class HostModel(nn.Module):
         self.host = host
 
     def forward(self, images, targets=None, task=None):
-        batch = Batch.of(task, self.host.normalize(torch.stack(list(images))), targets)
+        batch = Batch.of(task, self.host.normalize(torch.stack(list(images))), targets, train=self.training)
         if self.training:
             loss, _ = self.host.loss(batch)
             return {"loss": loss}
@@ -75,13 +78,14 @@ class HostInputs(Dataset):
     """A task's split as (pixels, target) pairs of tensors, as Avalanche moves them to the device.
 
     Targets are built once (Avalanche keeps them as the dataset's targets too);
-    images are read at every visit.
+    text in them (a VQA question) stays text. Images are read at every visit.
     """
 
     def __init__(self, data, to_pixels):
         self.data = data
         self.to_pixels = to_pixels
-        self.targets = [{k: torch.as_tensor(v) for k, v in data.target(i).items()} for i in range(len(data))]
+        self.targets = [{k: v if isinstance(v, str) else torch.as_tensor(v) for k, v in data.target(i).items()}
+                        for i in range(len(data))]
 
     def __len__(self) -> int:
         return len(self.data)
@@ -170,7 +174,15 @@ class StreamStrategy(ObjectDetectionTemplate):
                 self.detection_loss_dict = self.model(self.mb_x, self.mb_y, task=task)
                 return self.detection_loss_dict
             return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
-                    for out in self.model(self.mb_x, task=task)]
+                    for out in self.model(self.mb_x, self.mb_y, task=task)]
+
+    def _unpack_minibatch(self):
+        """Avalanche's, but text in the targets (VQA questions) stays where it is."""
+        images, targets, labels = self.mbatch
+        self.mbatch = ([image.to(self.device, non_blocking=True) for image in images],
+                       [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                        for t in targets],
+                       torch.as_tensor(labels).to(self.device, non_blocking=True))
 
     def optimizer_step(self, **kwargs):
         for group in self.optimizer.param_groups:

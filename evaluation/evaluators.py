@@ -3,14 +3,15 @@
 ``process(targets, predictions)`` takes one minibatch: per image its target
 (as the task's data gives it) and the host's prediction; ``evaluate()``
 returns every statistic as a dict of floats, the task's primary metric among
-them (``mAP`` for detection, ``accuracy`` for classification).
+them (``mAP`` for detection, ``accuracy`` for classification, ``vqa_accuracy`` for VQA).
 """
 from __future__ import annotations
 
 from evaluation.coco_eval import coco_bbox_metrics
 
 # Statistics logged per evaluation to TensorBoard and run.log, by kind.
-LOGGED = {"detection": ("mAP", "AP50", "AP75", "AR100"), "classification": ("accuracy", "mean_class_accuracy")}
+LOGGED = {"detection": ("mAP", "AP50", "AP75", "AR100"), "classification": ("accuracy", "mean_class_accuracy"),
+          "vqa": ("vqa_accuracy",)}
 
 
 def _number(value) -> float:
@@ -73,3 +74,30 @@ class ClassificationEvaluator:
         seen = [h / c for h, c in zip(self._hits, self._counts) if c]
         return {"accuracy": sum(self._hits) / total if total else 0.0,
                 "mean_class_accuracy": sum(seen) / len(seen) if seen else 0.0, "images": float(total)}
+
+
+class VqaEvaluator:
+    """VQA accuracy: per question the credit of the predicted answer (min(#annotators who gave it / 3, 1),
+    as the data computed it into ``answer_scores``), averaged; exact match beside it."""
+
+    kind = "vqa"
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._credit, self._exact, self._count = 0.0, 0, 0
+
+    def process(self, targets, predictions) -> None:
+        for target, pred in zip(targets, predictions):
+            answer = int(pred["scores"].argmax())
+            ids, scores = target["answer_ids"].tolist(), target["answer_scores"].tolist()
+            credit = sum(s for i, s in zip(ids, scores) if i == answer)
+            self._credit += credit
+            self._exact += int(bool(ids) and ids[scores.index(max(scores))] == answer)
+            self._count += 1
+
+    def evaluate(self) -> dict[str, float]:
+        n = self._count
+        return {"vqa_accuracy": self._credit / n if n else 0.0, "exact_match": self._exact / n if n else 0.0,
+                "questions": float(n)}

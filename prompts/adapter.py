@@ -8,7 +8,7 @@ encoder's image and text sides, decoder layers, BERT text layers).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -17,7 +17,7 @@ from prompts.base import MethodError, PeftModule, check_at_least, check_choice, 
 
 @dataclass
 class AdapterConfig:
-    sites: list[str] = field(default_factory=lambda: ["image_blocks"])
+    sites: list[str] | None = None  # site kinds with FFNs; None = the host's main blocks (host.default_block_sites)
     bottleneck: int = 16
     style: str = "parallel"  # or "serial"
     scale: float = 0.1
@@ -25,7 +25,7 @@ class AdapterConfig:
     def __post_init__(self):
         check_choice("adapter", "style", self.style, ("parallel", "serial"))
         check_at_least("adapter", "bottleneck", self.bottleneck, 1)
-        if not self.sites:
+        if self.sites is not None and not self.sites:
             raise MethodError("adapter: sites must name at least one site kind with feed-forward blocks")
 
 
@@ -49,12 +49,12 @@ class Adapter(PeftModule):
 
     def _ffns(self, host):
         found = {}
-        for kind in self.config.sites:
+        for kind in self.config.sites or host.default_block_sites:
             found.update(host.ffn_sites(kind))
         return list(found.items())
 
     def required_sites(self):
-        return tuple(self.config.sites)
+        return tuple(self.config.sites or ())
 
     def build(self, host) -> None:
         cfg = self.config

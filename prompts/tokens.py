@@ -18,7 +18,8 @@ from torch.utils.hooks import RemovableHandle
 
 def append_to_sequence(block: nn.Module, tokens_for, active) -> list[RemovableHandle]:
     """Hooks on a ``sequence`` block: ``tokens_for(x)`` (B, p, C) joins its input x (B, N, C) and the
-    block's last p outputs are dropped, so the next block sees N tokens again.
+    block's last p outputs are dropped, so the next block sees N tokens again. A (B, 1, N, N) attention
+    mask passed to the block (ViLT: second argument) grows with them; the tokens are visible to all.
 
     ``active()`` is read at each call; calls while inactive (a nested forward) pass through untouched.
     """
@@ -29,13 +30,31 @@ def append_to_sequence(block: nn.Module, tokens_for, active) -> list[RemovableHa
         appended.append(0 if tokens is None else tokens.shape[1])
         if tokens is None:
             return None
-        return (torch.cat([args[0], tokens.to(args[0].dtype)], 1), *args[1:]), kwargs
+        p, rest = tokens.shape[1], list(args[1:])
+        if rest and _is_pair_mask(rest[0]):
+            rest[0] = grow_mask(rest[0], p)
+        if _is_pair_mask(kwargs.get("attention_mask")):
+            kwargs["attention_mask"] = grow_mask(kwargs["attention_mask"], p)
+        return (torch.cat([args[0], tokens.to(args[0].dtype)], 1), *rest), kwargs
 
     def drop(module, args, output):
         p = appended.pop()
         return drop_last(output, p) if p else None
 
     return [block.register_forward_pre_hook(extend, with_kwargs=True), block.register_forward_hook(drop)]
+
+
+def _is_pair_mask(mask) -> bool:
+    return torch.is_tensor(mask) and mask.dim() == 4
+
+
+def grow_mask(mask: torch.Tensor, p: int) -> torch.Tensor:
+    """A (B, 1, Nq, Nk) attention mask, additive (0 = visible) or boolean (True = visible), with p more
+    query rows and key columns, all visible (the rows' outputs are dropped anyway)."""
+    visible = True if mask.dtype == torch.bool else 0.0
+    b, h, nq, nk = mask.shape
+    mask = torch.cat([mask, mask.new_full((b, h, nq, p), visible)], 3)
+    return torch.cat([mask, mask.new_full((b, h, p, nk + p), visible)], 2)
 
 
 def drop_last(output, p: int):

@@ -13,6 +13,7 @@ Two block layouts, as the host reports them (``host.block_layout``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ def chosen_blocks(method: str, blocks: dict[str, nn.Module], layers: list[int] |
     names = list(blocks)
     indices = range(len(names)) if layers is None else list(layers)
     if any(not -len(names) <= i < len(names) for i in indices):
-        raise MethodError(f"{method}: layers {list(indices)} out of range; the host has {len(names)} image blocks")
+        raise MethodError(f"{method}: layers {list(indices)} out of range; the host has {len(names)} blocks there")
     return [names[i] for i in indices]
 
 
@@ -52,23 +53,24 @@ class VisualPromptTuning(PeftModule):
     method = "vpt"
     Config = VptConfig
     default_lr = 0.01
+    site_kind: ClassVar[str] = "image_blocks"  # the blocks whose sequence gets the tokens
 
     def required_sites(self):
-        return ("image_blocks",)
+        return (self.site_kind,)
 
     def build(self, host) -> None:
-        blocks = host.sites("image_blocks")
+        blocks = host.sites(self.site_kind)
         self.site_names = chosen_blocks(self.method, blocks, self.config.layers)
         self.prompts = nn.ParameterList(
             nn.Parameter(torch.randn(self.config.tokens, block_width(blocks[name])) * self.config.init_std)
             for name in self.site_names)
 
     def install(self, host):
-        blocks = host.sites("image_blocks")
+        blocks = host.sites(self.site_kind)
         handles = []
         for prompt, name in zip(self.prompts, self.site_names):
             block = blocks[name]
-            if host.block_layout("image_blocks") == "windows":
+            if host.block_layout(self.site_kind) == "windows":
                 attention = block.attention
                 handles.append(attention.register_forward_pre_hook(self._extend_windows(prompt, block.layernorm_before)))
                 handles.append(attention.relative_position_bias.register_forward_hook(self._pad_bias))

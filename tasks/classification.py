@@ -91,7 +91,8 @@ class ImageClassification(torch.utils.data.Dataset):
         return subset, chosen
 
 
-def read_shard(path: Path):
+def read_shard(path: Path, columns: tuple[str, ...] = ("image", "label")):
+    """An Arrow IPC file as a table, refused unless it has ``columns``."""
     import pyarrow as pa
 
     try:
@@ -99,7 +100,7 @@ def read_shard(path: Path):
             table = pa.ipc.open_file(source).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not an Arrow IPC file ({err})") from err
-    missing = [c for c in ("image", "label") if c not in table.column_names]
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: the table lacks column(s) {missing}; it has {table.column_names}")
     return table

@@ -3,7 +3,9 @@
 Kinds and their data:
 - ``detection``: a COCO-layout folder (COCO, Roboflow/ODinW) or ``synthetic:WORLD`` scenes;
 - ``classification``: an ImageFolder tree or arrow shards (tasks.classification),
-  or ``synthetic:WORLD`` object crops; ``shots: K`` keeps K training images per class.
+  or ``synthetic:WORLD`` object crops; ``shots: K`` keeps K training images per class;
+- ``vqa``: the VQAv2 layout or ViLT's arrow shards (tasks.vqa), or questions about
+  ``synthetic:WORLD`` scenes; the task's "phrases" are its answer vocabulary.
 """
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator
+from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
 from tasks.classification import load_classification
 from tasks.coco import CocoDetection, find_split
 from tasks.errors import DataError
+from tasks.vqa import load_vqa
 from tasks.worlds import WORLDS, WorldSizes, world_folder
 
-TASK_KINDS = ("detection", "classification")
-PRIMARY_METRIC = {"detection": "mAP", "classification": "accuracy"}
+TASK_KINDS = ("detection", "classification", "vqa")
+PRIMARY_METRIC = {"detection": "mAP", "classification": "accuracy", "vqa": "vqa_accuracy"}
+WORLD_LAYOUTS = {"detection": "coco", "classification": "crops", "vqa": "vqa"}
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -29,7 +33,7 @@ class Task:
     root: Path
     train: Any  # CocoDetection or ImageClassification
     val: Any
-    phrases: list[str]  # one per class, in the order of the data's class indices
+    phrases: list[str]  # one per class, in the order of the data's class indices (vqa: the answers)
     template: str = "{}"  # how a class phrase becomes a sentence (hosts that prompt with sentences)
     record: dict[str, Any] = field(default_factory=dict)  # what results.json keeps of the data (shots drawn, sizes)
 
@@ -42,6 +46,8 @@ class Task:
         """A fresh ``reset / process / evaluate`` evaluator over the validation split."""
         if self.kind == "detection":
             return CocoEvaluator(self.val.coco, self.val.categories)
+        if self.kind == "vqa":
+            return VqaEvaluator()
         return ClassificationEvaluator(len(self.phrases))
 
 
@@ -54,7 +60,7 @@ def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cach
                  kind: str = "detection") -> Path:
     if spec.startswith("synthetic:"):
         return world_folder(spec.split(":", 1)[1], seed=seed, sizes=sizes or WorldSizes(), cache_root=cache_root,
-                            layout="coco" if kind == "detection" else "crops")
+                            layout=WORLD_LAYOUTS[kind])
     folder = Path(spec.split(":", 1)[1] if spec.startswith(("coco:", "folder:")) else spec)
     if not folder.is_dir():
         raise DataError(f"task {spec!r}: not a known task ({', '.join(list_tasks())}) nor a dataset folder")
@@ -81,6 +87,9 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
         names, other = val.category_names, train.category_names
         if other != names:
             raise DataError(f"{root}: train and val have different categories ({other} vs {names})")
+    elif kind == "vqa":
+        train, val = load_vqa(root)
+        names = train.answers
     else:
         train, val = load_classification(root)
         names = val.class_names

@@ -7,6 +7,9 @@ backgrounds (the second pretraining stage); the others are novel worlds with
 new categories and looks (``aquarium`` is the Aquarium stand-in). Generation
 is deterministic: the same world, seed and sizes give byte-identical files.
 
+The VQA layout (``layout="vqa"``) is the scenes plus questions generated from
+their annotations (tasks.questions) in the VQAv2 layout (tasks.vqa).
+
 The classification layout (``layout="crops"``) draws one object per image on
 the world's background, larger than in scenes, classes in turn (balanced):
 ``train/CLASS/NNNNNN.png`` and ``val/CLASS/NNNNNN.png``.
@@ -27,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from tasks import shapes
 from tasks.errors import DataError
+from tasks.questions import scene_questions, world_answers
 
 RGB = tuple[int, int, int]
 
@@ -258,7 +262,30 @@ def _write_crops(world: World, split: str, count: int, seed: int, sizes: WorldSi
         image.save(root / split / world.categories[index].name / f"{n + 1:06d}.png", optimize=False)
 
 
-LAYOUTS = {"coco": _write_split, "crops": _write_crops}
+QUESTIONS_PER_IMAGE = 3
+
+
+def _write_questions(world: World, split: str, count: int, seed: int, sizes: WorldSizes, root: Path) -> None:
+    """The split's scenes (as for detection) and questions about them in the VQAv2 layout, one answer each."""
+    _write_split(world, split, count, seed, sizes, root)
+    coco = json.loads((root / "annotations" / f"instances_{split}.json").read_text())
+    objects: dict[int, list] = {im["id"]: [] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        objects[ann["image_id"]].append((ann["category_id"] - 1, ann["bbox"]))
+    rng = np.random.default_rng([seed, _stable_int(world.name), _stable_int(split), _stable_int("vqa")])
+    questions, annotations = [], []
+    for image_id, objs in objects.items():
+        for text, answer, kind in scene_questions(world, objs, rng, QUESTIONS_PER_IMAGE):
+            qid = len(questions) + 1
+            questions.append({"question_id": qid, "image_id": image_id, "question": text})
+            annotations.append({"question_id": qid, "image_id": image_id, "question_type": kind,
+                                "multiple_choice_answer": answer, "answers": [{"answer": answer, "answer_id": 1}]})
+    (root / f"{split}_questions.json").write_text(json.dumps({"questions": questions}))
+    (root / f"{split}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    (root / "answers.json").write_text(json.dumps(world_answers(world, sizes.max_objects)))
+
+
+LAYOUTS = {"coco": _write_split, "crops": _write_crops, "vqa": _write_questions}
 
 
 def default_cache_root() -> Path:

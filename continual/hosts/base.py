@@ -3,7 +3,7 @@
 A host is a frozen vision-language model wrapped so that PEFT methods find
 their places in it (DESIGN section 9). Methods see a host only through this
 interface: ``model`` (the wrapped network, root of every frozen weight),
-``sites(kind)`` and ``ffn_sites(kind)``, ``block_layout(kind)``, the text
+``sites(kind)``, ``ffn_sites(kind)`` and ``attention_sites()``, ``block_layout(kind)``, the text
 context slots (CoOp), ``fingerprint()`` and ``source``. The engine adds
 ``loss(batch)`` / ``predict(batch)`` per task kind, the trunks the feature
 cache may take, and ``to_pixels`` / ``normalize`` for the input pipeline.
@@ -75,8 +75,10 @@ class Batch:
     ``phrases``: the task's class phrases; ``template``: how a class phrase
     becomes a sentence for hosts that prompt with one (``{}`` is the phrase;
     several templates: their features are averaged, CLIP's prompt ensembling);
-    ``targets``: per image, ``class_labels`` + ``boxes`` (detection) or
-    ``label`` (classification); None at prediction.
+    ``targets``: per image, ``class_labels`` + ``boxes`` (detection),
+    ``label`` (classification) or ``answer_ids`` + ``answer_scores`` (vqa);
+    None at prediction. ``questions``: per image its question (vqa; the
+    phrases are then the task's answers).
     """
 
     kind: str
@@ -84,11 +86,25 @@ class Batch:
     phrases: list[str]
     template: str | tuple[str, ...] = "{}"
     targets: list[dict] | None = None
+    questions: list[str] | None = None
 
     @classmethod
-    def of(cls, task, pixels: torch.Tensor, targets=None) -> "Batch":
-        """A minibatch of ``task`` (kind, phrases, template) over normalised ``pixels``."""
-        return cls(task.kind, pixels, list(task.phrases), task.template, list(targets) if targets else None)
+    def of(cls, task, pixels: torch.Tensor, targets=None, train: bool = True) -> "Batch":
+        """A minibatch of ``task`` (kind, phrases, template) over normalised ``pixels``. The questions
+        (vqa) are read off the targets; only a training batch keeps the targets themselves."""
+        targets = list(targets) if targets else None
+        questions = [t["question"] for t in targets] if targets and "question" in targets[0] else None
+        return cls(task.kind, pixels, list(task.phrases), task.template, targets if train else None, questions)
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """An attention of the host as APT sees it: the attention module, its output projection, and which
+    argument of the attention's call carries the token features X (a keyword, else the first argument)."""
+
+    attention: nn.Module
+    out_proj: nn.Linear
+    input: str = "hidden_states"
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,7 @@ class Host(nn.Module):
     model_types: ClassVar[tuple[str, ...]]  # config.json model_type values this host loads
     builtins: ClassVar[tuple[str, ...]] = ()  # builtin:NAME sources built from config (not shipped folders)
     default_lora_targets: ClassVar[tuple[str, ...]] = ("query", "value")
+    default_block_sites: ClassVar[tuple[str, ...]] = ("image_blocks",)  # where adapters go unless told
 
     def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str):
         super().__init__()
@@ -159,6 +176,10 @@ class Host(nn.Module):
 
     def block_layout(self, kind: str) -> str:
         """How a block's tokens are laid out: ``sequence`` (B, N, C) in and out, or ``windows`` (Swin)."""
+        raise NotImplementedError
+
+    def attention_sites(self) -> dict[str, AttentionSite]:
+        """The token-mixing attentions where APT acts, by name, in forward order."""
         raise NotImplementedError
 
     def check_site_kind(self, kind: str) -> None:
@@ -266,7 +287,7 @@ def local_folder(source: str | Path) -> Path | None:
 
 def registered_hosts() -> dict[str, type[Host]]:
     """Every host implementation by kind (importing the host modules, whose decorators fill the registry)."""
-    from continual.hosts import dual_encoder, grounding_dino  # noqa: F401
+    from continual.hosts import dual_encoder, grounding_dino, vilt  # noqa: F401
 
     return dict(HOSTS)
 

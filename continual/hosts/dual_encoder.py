@@ -30,7 +30,7 @@ from torch import nn
 from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, VisionTextDualEncoderConfig,
                           VisionTextDualEncoderModel)
 
-from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm, local_folder,
                                   minilm_path, register_host)
 from tasks.errors import DataError
 
@@ -153,6 +153,18 @@ class DualEncoderHost(Host):
 
     def block_layout(self, kind: str) -> str:
         return "sequence"
+
+    def attention_sites(self) -> dict[str, AttentionSite]:
+        """Every self-attention of the image tower, then of the text tower (ViT/BERT: ``attention`` with
+        ``output.dense``; CLIP: ``self_attn`` with ``out_proj``)."""
+        found = {}
+        for kind in ("image_blocks", "text_layers"):
+            for name, layer in self.sites(kind).items():
+                if hasattr(layer, "self_attn"):
+                    found[f"{name}.self_attn"] = AttentionSite(layer.self_attn, layer.self_attn.out_proj)
+                else:
+                    found[f"{name}.attention"] = AttentionSite(layer.attention, layer.attention.output.dense)
+        return found
 
     def trunks(self) -> dict[str, Trunk]:
         return {"image": Trunk(self.model.vision_model, per_item=True),

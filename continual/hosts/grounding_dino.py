@@ -21,7 +21,7 @@ from torch import nn
 from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
-from continual.hosts.base import (TEXT_PACKAGE, Batch, Host, HostError, Trunk, load_minilm, local_folder,
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm, local_folder,
                                   minilm_path, register_host)
 from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
 
@@ -182,6 +182,18 @@ class GroundingDinoHost(Host):
 
     def block_layout(self, kind: str) -> str:
         return "windows" if kind == "image_blocks" else "sequence"
+
+    def attention_sites(self) -> dict[str, AttentionSite]:
+        """The encoder's deformable self-attentions (X: the image tokens) and the decoder's self-attentions
+        (X: the queries' content, without their position embedding)."""
+        inner = self.model.model
+        found = {f"model.encoder.layers.{i}.deformable_layer.self_attn":
+                 AttentionSite(layer.deformable_layer.self_attn, layer.deformable_layer.self_attn.output_proj)
+                 for i, layer in enumerate(inner.encoder.layers)}
+        found.update({f"model.decoder.layers.{i}.self_attn": AttentionSite(layer.self_attn, layer.self_attn.out_proj,
+                                                                          "values")
+                      for i, layer in enumerate(inner.decoder.layers)})
+        return found
 
     def trunks(self) -> dict[str, Trunk]:
         """The Swin backbone (per image) and the BERT text encoder (per prompt)."""
