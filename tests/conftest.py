@@ -26,6 +26,13 @@ def tiny_clip_host():
 
 
 @pytest.fixture(scope="session")
+def tiny_vilt_host():
+    from continual.hosts.vilt import ViltHost
+
+    return ViltHost.build_tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
 def world_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("worlds")
 

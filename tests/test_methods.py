@@ -14,8 +14,11 @@ HOSTS = registered_hosts()
 # Methods whose fresh module is exactly the identity, and token methods at k = 0.
 IDENTITY_CONFIGS = {"adapter": {}, "lora": {}, "bitfit": {}, "linear_probe": {}, "full_ft": {},
                     "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0},
-                    "dpt": {"text_tokens": 0, "visual_tokens": 0, "class_prompts": 0}}
-HOST_FIXTURES = {"grounding-dino": "tiny_host", "dual-encoder": "tiny_clip_host"}
+                    "dpt": {"text_tokens": 0, "visual_tokens": 0, "class_prompts": 0}, "apt": {"prompts": 0},
+                    "deep_prompt": {"tokens": 0}}
+HOST_FIXTURES = {"grounding-dino": "tiny_host", "dual-encoder": "tiny_clip_host", "vilt": "tiny_vilt_host"}
+VQA_ANSWERS = ["yes", "no", "2", "red", "fish"]
+VQA_QUESTIONS = ["is there a fish?", "how many red circle are there?"]
 DETECTION_PHRASES = ["red circle", "fish", "one way arrow"]
 DETECTION_TARGETS = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
                      {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
@@ -28,6 +31,10 @@ def _pixels(host):
 def _batch(host, train: bool = False) -> Batch:
     if host.kind == "grounding-dino":
         return Batch("detection", _pixels(host), DETECTION_PHRASES, targets=DETECTION_TARGETS if train else None)
+    if host.kind == "vilt":
+        targets = [{"answer_ids": torch.tensor([0]), "answer_scores": torch.tensor([1.0])},
+                   {"answer_ids": torch.tensor([2, 3]), "answer_scores": torch.tensor([1.0, 0.3])}]
+        return Batch("vqa", _pixels(host), VQA_ANSWERS, targets=targets if train else None, questions=VQA_QUESTIONS)
     targets = [{"label": torch.tensor(0)}, {"label": torch.tensor(2)}] if train else None
     return Batch("classification", _pixels(host), DETECTION_PHRASES, "a photo of a {}.", targets)
 

@@ -155,15 +155,16 @@ class DualEncoderHost(Host):
         return "sequence"
 
     def attention_sites(self) -> dict[str, AttentionSite]:
-        """Every self-attention of the image tower, then of the text tower (ViT/BERT: ``attention`` with
-        ``output.dense``; CLIP: ``self_attn`` with ``out_proj``)."""
+        """Every self-attention of the image tower, then of the text tower, with its out-projection
+        (ViT: ``attention.o_proj``, BERT: ``attention.output.dense``, CLIP: ``self_attn.out_proj``)."""
         found = {}
         for kind in ("image_blocks", "text_layers"):
             for name, layer in self.sites(kind).items():
-                if hasattr(layer, "self_attn"):
-                    found[f"{name}.self_attn"] = AttentionSite(layer.self_attn, layer.self_attn.out_proj)
-                else:
-                    found[f"{name}.attention"] = AttentionSite(layer.attention, layer.attention.output.dense)
+                attr = "self_attn" if hasattr(layer, "self_attn") else "attention"
+                attention = getattr(layer, attr)
+                out = next(getattr(attention, p) for p in ("out_proj", "o_proj", "output")
+                           if hasattr(attention, p))
+                found[f"{name}.{attr}"] = AttentionSite(attention, out if isinstance(out, nn.Linear) else out.dense)
         return found
 
     def trunks(self) -> dict[str, Trunk]:
