@@ -5,6 +5,8 @@
     .venv/bin/python bench/costs.py --host t-size --image-size 800 --reps 5
     .venv/bin/python bench/costs.py --host tiny --stack-scaling  # SDPT stacks of 1..13 modules
     .venv/bin/python bench/costs.py --host clip-b32 --reps 3     # a ViT-B/32-sized dual encoder at 224 px
+    .venv/bin/python bench/costs.py --host tiny-vilt             # the tiny ViLT (APT, deep prompt, ...)
+    .venv/bin/python bench/costs.py --host vilt-b32 --flops-only # a ViLT-B/32-sized host at 384 px
 
 Columns as in the SDPT paper's cost table: inference GFLOPs per image (counted
 by torch.utils.flop_counter: matmuls, convolutions, attention; the deformable
@@ -24,6 +26,12 @@ weights, the MiniLM tokenizer for its context slots) classifies the bench batch
 over 10 class sentences, which it encodes once per batch; its GFLOPs are the
 batch's divided by its size. A method's training step includes its own
 objective (DPT's auxiliary and general-knowledge terms).
+
+The ViLT hosts (``--host tiny-vilt``, the shipped one at 64 px; ``--host
+vilt-b32``: ViLT-B/32's configuration, 768 wide, 12 layers, 384 px, with random
+weights and a 3129-answer head like VQAv2's) answer one question per image
+that fills the 40 text positions, scored over 10 answers: 1 + 144 + 40 tokens
+per image at 384 px, the APT paper's setting.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ import continual  # noqa: E402,F401  (torchvision shim)
 from continual.hosts.base import Batch  # noqa: E402
 from continual.hosts.dual_encoder import DualEncoderHost  # noqa: E402
 from continual.hosts.grounding_dino import GroundingDinoHost  # noqa: E402
+from continual.hosts.vilt import ViltHost  # noqa: E402
 from prompts import Stack, build_module, parameter_counts  # noqa: E402
 
 ROWS = [  # (method, variant, config)
@@ -68,7 +77,18 @@ DUAL_ENCODER_ROWS = [
     ("linear_probe", "", {}),
     ("full_ft", "", {}),
 ]
+VILT_ROWS = [
+    ("apt", "m=200", {"prompts": 200}),
+    ("deep_prompt", "m'=200", {"tokens": 200}),
+    ("adapter", "", {}),
+    ("lora", "", {}),
+    ("bitfit", "", {}),
+    ("linear_probe", "", {}),
+    ("full_ft", "", {}),
+]
 TEMPLATE = "a photo of a {}."
+# 40 tokens once truncated (ViLT's text length): the question every bench image is asked
+LONG_QUESTION = "is there a " + " and a ".join(["red circle", "blue star", "green square"] * 4) + "?"
 # The prompt: COCO's 80 categories for the T-sized host (the paper's setting; the text length sets what
 # k extra text-side tokens cost), the base world's 12 phrases for the tiny host (max_text_len 64).
 COCO_NAMES = [n.replace("_", " ") for n in (
@@ -92,6 +112,9 @@ def sync(device: torch.device) -> None:
 def inputs(host, batch: int, device: torch.device, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randn(batch, 3, host.image_size, host.image_size, generator=generator).to(device)
+    if host.kind == "vilt":
+        return pixels, [{"answer_ids": torch.randint(0, len(PHRASES), (1,), generator=generator),
+                         "answer_scores": torch.ones(1)} for _ in range(batch)]
     if host.kind == "dual-encoder":
         return pixels, [{"label": torch.randint(0, len(PHRASES), (), generator=generator)} for _ in range(batch)]
     targets = []
@@ -108,23 +131,28 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def bench_batch(host, pixels, targets=None) -> Batch:
+    return Batch(host.task_kinds[0], pixels, PHRASES, TEMPLATE, targets,
+                 [LONG_QUESTION] * len(pixels) if host.kind == "vilt" else None)
+
+
 def forward(host, pixels):
-    """What inference runs: the grounding model on the prompt, or the dual encoder's class logits."""
-    if host.kind == "dual-encoder":
-        return host.logits(Batch("classification", pixels, PHRASES, TEMPLATE))
-    return host.raw_outputs(pixels, host.prompts(PHRASES)[0])
+    """What inference runs: the grounding model on the prompt, the dual encoder's class logits, ViLT's answers."""
+    if host.kind == "grounding-dino":
+        return host.raw_outputs(pixels, host.prompts(PHRASES)[0])
+    return host.logits(bench_batch(host, pixels))
 
 
 def training_loss(host, module, pixels, targets):
     """The loss a training step minimises: the host's task loss through the module's own objective."""
-    kind = "classification" if host.kind == "dual-encoder" else "detection"
-    loss, _ = host.loss(Batch(kind, pixels, PHRASES, TEMPLATE, targets))
+    loss, _ = host.loss(bench_batch(host, pixels, targets))
     return module.objective(loss, 0.0)
 
 
 @torch.no_grad()
 def gflops(host, pixels) -> float:
-    """Per image: one image through the grounding model; the dual encoder's batch (text encoded once) / its size."""
+    """Per image: one image through the grounding model or ViLT; the dual encoder's batch (text encoded
+    once) / its size."""
     images = pixels if host.kind == "dual-encoder" else pixels[:1]
     with FlopCounterMode(display=False) as counter, autocast(pixels.device):
         forward(host, images)
@@ -319,7 +347,28 @@ def clip_b32(image_size: int) -> DualEncoderHost:
                            "random CLIP ViT-B/32")
 
 
+def vilt_b32(image_size: int) -> ViltHost:
+    """ViLT-B/32's configuration (768 x 12 layers, 32-px patches, 40 text positions) with random weights and a
+    3129-answer head (VQAv2's vocabulary size); the MiniLM tokenizer (BERT's uncased vocabulary, as ViLT's)."""
+    from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering
+
+    from continual.hosts.base import minilm_path
+
+    torch.manual_seed(0)
+    answers = [f"answer {i}" for i in range(3129)]
+    config = ViltConfig(image_size=image_size, max_position_embeddings=40, num_labels=len(answers),
+                        id2label=dict(enumerate(answers)), label2id={a: i for i, a in enumerate(answers)})
+    return ViltHost(ViltForQuestionAnswering(config).eval(), AutoTokenizer.from_pretrained(minilm_path()),
+                    image_size, "random ViLT-B/32")
+
+
 def load_bench_host(name: str, args):
+    if name == "tiny-vilt":
+        host = ViltHost.from_pretrained("builtin:tiny-vilt")
+        return host, VILT_ROWS, list(host.model.config.label2id)[:10]
+    if name == "vilt-b32":
+        host = vilt_b32(args.image_size or 384)
+        return host, VILT_ROWS, list(host.model.config.label2id)[:10]
     if name == "clip-b32":
         return clip_b32(args.image_size or 224), DUAL_ENCODER_ROWS, COCO_NAMES[:10]
     source = "builtin:tiny-base" if name == "tiny" else "builtin:t-size"
@@ -372,11 +421,12 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", choices=["tiny", "t-size", "both", "clip-b32"], default="tiny",
-                        help="both: the tiny host, then the T-sized one, in one run; clip-b32: a dual encoder")
+    parser.add_argument("--host", choices=["tiny", "t-size", "both", "clip-b32", "tiny-vilt", "vilt-b32"],
+                        default="tiny", help="both: the tiny host, then the T-sized one, in one run; clip-b32: a "
+                                             "dual encoder; tiny-vilt, vilt-b32: ViLT hosts")
     parser.add_argument("--image-size", type=int, default=None,
                         help="the T-sized host's input size (default 800; the tiny host runs at its own 128), "
-                             "or the dual encoder's (default 224)")
+                             "the dual encoder's (default 224) or ViLT-B's (default 384)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians over them)")
     parser.add_argument("--batch", type=int, default=None, help="batch for latency and steps (tiny 8, t-size 2)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")

@@ -1,11 +1,14 @@
-"""The few-shot protocol (CoOp, DPT): every method trained per (task, shots, seed), top-1 accuracy on the task's
-validation split, one table of means with 95% intervals over seeds and a plot of accuracy against shots.
+"""The few-shot protocol (CoOp, DPT): every method trained per (task, shots, seed), the task's primary metric on
+its validation split, one table of means with 95% intervals over seeds and a plot of the metric against shots.
 
     continual fewshot configs/fewshot.yaml [key=value ...] [--resume | --overwrite]
 
 The K training images per class are drawn with the seed from the task's
 training split (the validation split stays whole and the same); the seed also
-sets the data order and the module's initialisation. Each finished cell is
+sets the data order and the module's initialisation. A shot count of null
+trains on the whole training split: the seeds then vary only the order and
+the initialisation (the APT study's VQA tasks, which have no classes to draw
+shots from, use only that). Each finished cell is
 written at once to ``fewshot.json``, so ``--resume`` continues a grid where it
 stopped. The method ``none`` is the zero-shot row (the same for every shot
 count and seed, so evaluated once per task).
@@ -18,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
@@ -51,9 +54,9 @@ class FewshotConfig:
     run_dir: str = "runs/${name}"
     host: str = "builtin:tiny-clip"
     device: str = "auto"
-    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    shots: list[Optional[int]] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # null: the whole split
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # classification tasks (their `shots` unused)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # tasks of one kind (their own `shots` unused)
     methods: dict[str, MethodSpec] = field(default_factory=dict)  # row label -> method
     data: DataConfig = field(default_factory=DataConfig)  # synthetic worlds' sizes: the pool the shots come from
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -70,8 +73,9 @@ def load_fewshot_config(path: str | Path, overrides=()) -> FewshotConfig:
 
 def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
     """What can be checked before anything loads: lists, tasks, methods, their configs and sites."""
-    if not cfg.shots or any(k < 1 for k in cfg.shots):
-        raise ConfigError(f"{where}: shots must be a non-empty list of positive counts, got {cfg.shots}")
+    if not cfg.shots or any(k is not None and k < 1 for k in cfg.shots) or len(set(cfg.shots)) != len(cfg.shots):
+        raise ConfigError(f"{where}: shots must be a non-empty list of distinct positive counts or null (the whole "
+                          f"split), got {cfg.shots}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"{where}: seeds must be a non-empty list without repeats, got {cfg.seeds}")
     if not cfg.tasks or not cfg.methods:
@@ -79,10 +83,13 @@ def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
     check_positive(where, {"eval_batch_size": cfg.eval_batch_size, "feature_cache_mb": cfg.feature_cache_mb},
               allow_zero=("feature_cache_mb",))
     check_train(where, "train.", cfg.train)
+    kinds = {task.kind for task in cfg.tasks.values()}
+    if len(kinds) > 1:
+        raise ConfigError(f"{where}: tasks: one table needs one metric, so one task kind; got {sorted(kinds)}")
     for name, task in cfg.tasks.items():
-        if task.kind != "classification":
-            raise ConfigError(f"{where}: tasks.{name}.kind: the few-shot protocol is for classification tasks, "
-                              f"got {task.kind!r}")
+        if task.kind != "classification" and any(k is not None for k in cfg.shots):
+            raise ConfigError(f"{where}: shots: K images per class needs classification tasks; tasks.{name} is "
+                              f"{task.kind!r}, so use shots: [null] (the whole training split)")
         if task.shots is not None:
             raise ConfigError(f"{where}: tasks.{name}.shots: the grid's `shots` list sets it; leave it out")
     # Each method checked as a one-step stream of the engine's schema (methods, configs, sites, train overrides).
@@ -130,7 +137,7 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
         zero_shot = next((c["metrics"] for c in cells if c["task"] == name and c["method"] == NO_MODULE), None)
         for shots in cfg.shots:
             for seed in cfg.seeds:
-                train_split, chosen = task.train.few_shot(shots, seed)
+                train_split = task.train.few_shot(shots, seed)[0] if shots is not None else task.train
                 few = dataclasses.replace(task, train=train_split,
                                           record={**task.record, "shots": shots, "shot_seed": seed})
                 for label, method in cfg.methods.items():
@@ -138,21 +145,22 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
                     if key in done:
                         continue
                     cell = {"task": name, "shots": shots, "seed": seed, "method": label,
-                            "method_name": method.method, "train_images": len(chosen)}
+                            "method_name": method.method, "train_items": len(train_split)}
                     if method.method == NO_MODULE:
                         zero_shot = zero_shot or evaluate_task(host, task, cfg.eval_batch_size, progress=False)
                         cell.update(metrics=zero_shot, train_seconds=0.0)
                     else:
                         train = _train_config(cfg, label, method, seed)
                         cell.update(_train_and_evaluate(host, stack, few, method, train, cfg))
-                    log.info("[%s] %s, %d shot(s), seed %d: %s accuracy %.3f", cfg.name, name, shots, seed, label,
-                             cell["metrics"]["accuracy"])
+                    log.info("[%s] %s, %s shot(s), seed %d: %s %s %.3f", cfg.name, name, shots or "all", seed,
+                             label, task.metric, cell["metrics"][task.metric])
                     cells.append(cell)
                     done.add(key)
-                    atomic.write_json(results_path, {"name": cfg.name, "host": host.source, "cells": cells})
+                    atomic.write_json(results_path, {"name": cfg.name, "host": host.source, "metric": task.metric,
+                                                     "cells": cells})
                     bar.update()
     bar.close()
-    results = {"name": cfg.name, "host": host.source, "cells": cells}
+    results = {"name": cfg.name, "host": host.source, "metric": task.metric, "cells": cells}
     atomic.write_json(results_path, results)
     atomic.write_files(run_dir, fewshot_outputs(results, list(cfg.methods), list(cfg.shots)))
     return run_dir

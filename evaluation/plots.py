@@ -56,25 +56,25 @@ def retention_scatter(points: list[dict], title: str) -> bytes:
 
 
 
-def accuracy_against_shots(panels: dict[str, dict], methods: list[str], shots: list[int], title: str) -> bytes:
-    """One panel per entry of ``panels`` ({method: {shots: (mean, half-width, n)}}): a line per method,
-    95% intervals as error bars, shots on a log axis."""
+def accuracy_against_shots(panels: dict[str, dict], methods: list[str], labels: list[str], shots: list,
+                           title: str, metric: str = "accuracy") -> bytes:
+    """One panel per entry of ``panels`` ({method: {shots: (mean, half-width, n)}}): a line per method over
+    the shot counts ``shots`` (evenly spaced, named by ``labels``), 95% intervals as error bars."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False, sharey=True)
+    position = {k: i for i, k in enumerate(shots)}
     for ax, (name, table) in zip(axes[0], panels.items()):
         for method in methods:
-            points = sorted(table.get(method, {}).items())
+            points = [(position[k], v) for k, v in table.get(method, {}).items()]
             if not points:
                 continue
-            xs = [k for k, _ in points]
-            ys = [v[0] for _, v in points]
-            errors = [v[1] or 0.0 for _, v in points]
-            ax.errorbar(xs, ys, yerr=errors, marker="o", ms=3, capsize=2, lw=1.2, label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [str(k) for k in shots])
+            points.sort(key=lambda p: p[0])
+            ax.errorbar([x for x, _ in points], [v[0] for _, v in points], yerr=[v[1] or 0.0 for _, v in points],
+                        marker="o", ms=3, capsize=2, lw=1.2, label=method)
+        ax.set_xticks(range(len(shots)), labels)
         ax.set_xlabel("shots per class")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 accuracy")
+    axes[0][0].set_ylabel(metric)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     return _png(fig)

@@ -220,7 +220,7 @@ def test_fewshot_grid_writes_cells_table_and_plot_and_resumes(_run, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((run_dir / "fewshot.json").read_text())
     cells = results["cells"]
-    assert len(cells) == 2 * 2 * 3 and {c["train_images"] for c in cells} == {5, 10}  # 5 classes x K shots
+    assert len(cells) == 2 * 2 * 3 and {c["train_items"] for c in cells} == {5, 10}  # 5 classes x K shots
     assert len({json.dumps(c["metrics"]) for c in cells if c["method"] == "zero-shot"}) == 1
     report = (run_dir / "report.md").read_text()
     assert "| dpt |" in report and " ± " in report and (run_dir / "fewshot.png").stat().st_size > 1000
@@ -235,8 +235,8 @@ def test_fewshot_grid_writes_cells_table_and_plot_and_resumes(_run, tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("methods.dpt.method=dtp", "methods.dpt.method: unknown method 'dtp'; did you mean 'dpt'?"),
     ("methods.dpt.config.alpha=-1", "dpt: alpha must be a number >= 0, got -1"),
-    ("tasks.fruit.kind=detection", "tasks.fruit.kind: the few-shot protocol is for classification tasks"),
-    ("shots=[0]", "shots must be a non-empty list of positive counts"),
+    ("tasks.fruit.kind=vqa", "shots: K images per class needs classification tasks; tasks.fruit is 'vqa'"),
+    ("shots=[0]", "shots must be a non-empty list of distinct positive counts or null"),
     ("seedz=[1]", "unknown config key 'seedz'; did you mean 'seeds'?"),
 ])
 def test_fewshot_refuses_bad_configs_before_loading_anything(_run, tmp_path, override, expected):
