@@ -245,3 +245,14 @@ def test_fewshot_refuses_bad_configs_before_loading_anything(_run, tmp_path, ove
     out = _run("fewshot", config, f"run_dir={tmp_path / 'x'}", override)
     assert out.returncode == 2 and expected in out.stderr, out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_fewshot_grid_mixing_task_kinds_is_refused(tmp_path):
+    from continual.config import ConfigError
+    from continual.fewshot import load_fewshot_config
+
+    config = tmp_path / "fs.yaml"
+    config.write_text(FEWSHOT.replace("shots: [1, 2]", "shots: [null]").replace(
+        "kind: classification}", 'kind: classification}\n  q: {data: "synthetic:space", kind: vqa}'))
+    with pytest.raises(ConfigError, match="one table needs one metric, so one task kind"):
+        load_fewshot_config(config)
