@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv pretrain pretrain-clip clean
+.PHONY: demo test venv pretrain pretrain-clip pretrain-vilt clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ pretrain: $(STAMP)
 
 pretrain-clip: $(STAMP)
 	$(BIN)/continual pretrain --host dual-encoder --out continual/checkpoints/tiny-clip
+
+pretrain-vilt: $(STAMP)
+	$(BIN)/continual pretrain --host vilt --out continual/checkpoints/tiny-vilt
 
 clean:
 	rm -rf $(VENV)

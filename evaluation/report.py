@@ -6,7 +6,7 @@ from pathlib import Path
 
 from evaluation.plots import matrix_heatmap, retention_scatter
 
-METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy"}
+METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy", "vqa_accuracy": "VQA accuracy"}
 
 
 def _f(value, digits: int = 3) -> str:

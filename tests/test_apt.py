@@ -153,3 +153,26 @@ def test_apt_acts_on_every_attention_of_the_other_hosts(request, fixture):
         assert [b.prompts.shape[1] for b in module.blocks] == [s.out_proj.out_features for s in sites.values()]
     finally:
         module.detach()
+
+
+def test_apt_stacks_on_an_sdpt_module_of_grounding_dino(tiny_host):
+    phrases = ["red circle", "fish"]
+    targets = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[.3, .3, .2, .2]])},
+               {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
+    pixels = torch.randn(2, 3, tiny_host.image_size, tiny_host.image_size, generator=torch.Generator().manual_seed(0))
+    flags = [p.requires_grad for p in tiny_host.parameters()]
+    stack = Stack(tiny_host)
+    try:
+        sdpt = stack.push(build_module("sdpt", {"k": 2}, task="a"))
+        with torch.no_grad():
+            sdpt_only = tiny_host.loss(Batch("detection", pixels, phrases, targets=targets))[0]
+        apt = stack.push(build_module("apt", {"prompts": 4}, task="b"))
+        params = stack.train_only(apt)
+        loss, _ = tiny_host.loss(Batch("detection", pixels, phrases, targets=targets))
+        loss.backward()
+        assert loss.item() != sdpt_only.item()
+        assert all(p.grad is not None for p in params) and all(p.grad is None for p in sdpt.parameters())
+    finally:
+        stack.clear()
+        for p, flag in zip(tiny_host.parameters(), flags):  # the shared host as later tests expect it
+            p.requires_grad_(flag)
