@@ -35,10 +35,11 @@ def _centre_x(bbox) -> float:
 
 
 def world_answers(world, max_objects: int) -> list[str]:
-    """Every answer a world's questions can have, in a fixed order."""
+    """Every answer a world's questions can have, in a fixed order, each once (fruit's "orange" is a colour
+    and a class)."""
     colours = sorted({colour_name(c.color) for c in world.categories})
     names = [c.name for c in world.categories]
-    return ["yes", "no", *map(str, range(max_objects + 1)), *colours, *names]
+    return list(dict.fromkeys(["yes", "no", *map(str, range(max_objects + 1)), *colours, *names]))
 
 
 def answer_vocabulary(worlds, max_objects: int) -> list[str]:

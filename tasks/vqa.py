@@ -216,7 +216,11 @@ def answer_list(root: Path, train: list[Question]) -> list[str]:
             raise DataError(f"{path}: not valid JSON ({err})") from err
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise DataError(f"{path}: expected a non-empty JSON list of answer strings")
-        return [normalize_answer(a) for a in answers]
+        answers = [normalize_answer(a) for a in answers]
+        twice = sorted({a for a in answers if answers.count(a) > 1})
+        if twice:
+            raise DataError(f"{path}: answer(s) {twice} listed more than once; each answer is one class")
+        return answers
     counts = Counter(a for q in train for a, c in q.credits.items() if c > 0)
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 

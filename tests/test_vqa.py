@@ -41,6 +41,7 @@ def test_synthetic_questions_are_deterministic_and_agree_with_the_scenes(tmp_pat
 def test_a_vqa_task_has_the_worlds_answers_and_one_answer_per_question(world_cache, small_sizes):
     task = load_task("synthetic:fruit", kind="vqa", sizes=small_sizes, cache_root=world_cache)
     assert task.metric == "vqa_accuracy" and task.phrases[:3] == ["yes", "no", "0"]
+    assert task.phrases.count("orange") == 1  # a colour and a class: one answer
     assert {"apple", "banana", "grapes"} <= set(task.phrases)
     image, target = task.train[0]
     assert isinstance(target["question"], str) and target["answer_scores"].tolist() == [1.0]
@@ -108,6 +109,7 @@ def test_vilt_arrow_shards(tmp_path):
     ("missing_image", "names image_id 43, which has no image file"),
     ("no_answers", r"annotations\[0\] needs question_id and a non-empty list answers"),
     ("unanswered", "no answers for question_id 0"),
+    ("twice", r"answers.json: answer\(s\) \['yes'\] listed more than once"),
 ])
 def test_bad_vqav2_input_names_the_file_and_fault(tmp_path, fault, message):
     root = _vqav2_folder(tmp_path / "vqa", [["yes"]])
@@ -121,8 +123,10 @@ def test_bad_vqav2_input_names_the_file_and_fault(tmp_path, fault, message):
         questions.write_text(json.dumps({"questions": [{"question_id": 0, "image_id": 43, "question": "q?"}]}))
     elif fault == "no_answers":
         annotations.write_text(json.dumps({"annotations": [{"question_id": 0, "answers": []}]}))
-    else:
+    elif fault == "unanswered":
         annotations.write_text(json.dumps({"annotations": [{"question_id": 5, "answers": [{"answer": "no"}]}]}))
+    else:
+        (root / "answers.json").write_text(json.dumps(["yes", "no", "Yes"]))
     with pytest.raises(DataError, match=message):
         load_vqa(root)
 
