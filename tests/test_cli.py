@@ -100,6 +100,18 @@ def test_methods_json_contract_on_tiny_clip(_run):
     assert "sdpt" not in rows  # no fusion layers on a dual encoder
 
 
+def test_methods_and_eval_json_contracts_on_tiny_vilt(_run):
+    out = _run("methods", "--checkpoint", "builtin:tiny-vilt", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {row["method"]: row for row in json.loads(out.stdout)}
+    assert rows["apt"]["trainable_params"] > 0 and rows["deep_prompt"]["trainable_params"] > 0
+    assert {"adapter", "lora", "bitfit", "linear_probe", "full_ft"} <= set(rows) and "sdpt" not in rows
+    out = _run("eval", "--checkpoint", "builtin:tiny-vilt", "--task", "synthetic:base", "--kind", "vqa", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads(out.stdout)
+    assert metrics["questions"] == 300 and 0.4 < metrics["vqa_accuracy"] <= 1  # what pretrain.json records
+
+
 def test_bad_input_is_one_line_error_not_a_traceback(_run, tmp_path):
     out = _run("eval", "--checkpoint", "builtin:tiny-base", "--task", str(tmp_path / "nowhere"))
     assert out.returncode == 2
