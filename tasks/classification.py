@@ -53,17 +53,9 @@ class ImageClassification(torch.utils.data.Dataset):
 
     def open_image(self, index: int) -> Image.Image:
         sample = self.samples[index]
-        try:
-            if sample.path is not None:
-                with Image.open(sample.path) as im:
-                    return im.convert("RGB")
-            data = self._table(sample.shard).column("image")[sample.row].as_py()
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        except FileNotFoundError as err:
-            raise DataError(f"{sample.describe()}: image file not found") from err
-        except (UnidentifiedImageError, OSError, TypeError) as err:
-            raise DataError(f"{sample.describe()}: cannot decode image ({err})") from err
+        if sample.path is not None:
+            return decode_image(sample.describe(), path=sample.path)
+        return decode_image(sample.describe(), data=self._table(sample.shard).column("image")[sample.row].as_py())
 
     def _table(self, shard: Path):
         if shard not in self._tables:
@@ -89,6 +81,17 @@ class ImageClassification(torch.utils.data.Dataset):
         subset = ImageClassification([self.samples[i] for i in chosen], self.class_names, self.source)
         subset._tables = self._tables
         return subset, chosen
+
+
+def decode_image(where: str, path: Path | None = None, data: bytes | None = None) -> Image.Image:
+    """An RGB image from a file or from encoded bytes (a shard's cell); faults name ``where``."""
+    try:
+        with Image.open(path if path is not None else io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except FileNotFoundError as err:
+        raise DataError(f"{where}: image file not found") from err
+    except (UnidentifiedImageError, OSError, TypeError) as err:
+        raise DataError(f"{where}: cannot decode image ({err})") from err
 
 
 def read_shard(path: Path, columns: tuple[str, ...] = ("image", "label")):

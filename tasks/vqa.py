@@ -21,7 +21,6 @@ be), as in VQAv2 training.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -29,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from tasks.classification import IMAGE_SUFFIXES, SPLIT_NAMES, read_shard
+from tasks.classification import IMAGE_SUFFIXES, SPLIT_NAMES, decode_image, read_shard
 from tasks.errors import DataError
 
 ANSWERS_FILE = "answers.json"
@@ -79,18 +78,11 @@ class VqaData(torch.utils.data.Dataset):
 
     def open_image(self, index: int) -> Image.Image:
         q = self.questions[index]
-        try:
-            if q.path is not None:
-                with Image.open(q.path) as im:
-                    return im.convert("RGB")
-            if q.shard not in self._tables:
-                self._tables[q.shard] = read_shard(q.shard, SHARD_COLUMNS)
-            with Image.open(io.BytesIO(self._tables[q.shard].column("image")[q.row].as_py())) as im:
-                return im.convert("RGB")
-        except FileNotFoundError as err:
-            raise DataError(f"{q.describe()}: image file not found (question {q.question_id})") from err
-        except (UnidentifiedImageError, OSError, TypeError) as err:
-            raise DataError(f"{q.describe()}: cannot decode image ({err})") from err
+        if q.path is not None:
+            return decode_image(q.describe(), path=q.path)
+        if q.shard not in self._tables:
+            self._tables[q.shard] = read_shard(q.shard, SHARD_COLUMNS)
+        return decode_image(q.describe(), data=self._tables[q.shard].column("image")[q.row].as_py())
 
     def target(self, index: int) -> dict:
         q = self.questions[index]
