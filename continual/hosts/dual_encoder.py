@@ -30,14 +30,13 @@ from torch import nn
 from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, VisionTextDualEncoderConfig,
                           VisionTextDualEncoderModel)
 
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm, local_folder,
-                                  minilm_path, register_host)
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm,
+                                  local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
 from tasks.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SITE_KINDS = ("image_blocks", "text_layers", "text_embeddings", "projections", "heads")
-HOST_JSON = "host.json"
 
 
 def tiny_clip_config(image_size: int = 64) -> VisionTextDualEncoderConfig:
@@ -83,7 +82,7 @@ class DualEncoderHost(Host):
             return cls.build_tiny(image_size or 64)
         folder = local_folder(source)
         where = folder if folder.exists() else source
-        meta = json.loads((folder / HOST_JSON).read_text()) if (folder / HOST_JSON).is_file() else {}
+        meta = read_host_meta(folder)
         try:
             model = AutoModel.from_pretrained(where)
         except (OSError, ValueError) as err:
@@ -120,7 +119,7 @@ class DualEncoderHost(Host):
             self.tokenizer.save_pretrained(folder)
         meta = {"image_size": self.image_size, "text_pooling": self.text_pooling,
                 "text_backbone": TEXT_PACKAGE if from_package else None}
-        (folder / HOST_JSON).write_text(json.dumps(meta, indent=2))
+        write_host_meta(folder, meta)
 
     # -- sites ------------------------------------------------------------------
     def _layers(self, tower: str) -> tuple[str, nn.ModuleList]:

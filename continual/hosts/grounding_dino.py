@@ -13,7 +13,6 @@ beside them says where it comes from), which keeps the shipped file small.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -21,8 +20,8 @@ from torch import nn
 from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm, local_folder,
-                                  minilm_path, register_host)
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm,
+                                  local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
 from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,7 +90,7 @@ class GroundingDinoHost(Host):
         if source == "builtin:t-size":
             return cls.build_t_size(image_size or 800)
         folder = local_folder(source)
-        meta = json.loads((folder / "host.json").read_text()) if (folder / "host.json").is_file() else {}
+        meta = read_host_meta(folder)
         try:
             model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
         except (OSError, ValueError) as err:
@@ -125,7 +124,7 @@ class GroundingDinoHost(Host):
             state = {k: v for k, v in state.items() if not k.startswith("model.text_backbone.")}
         self.model.save_pretrained(folder, state_dict=state)
         meta = {"image_size": self.image_size, "text_backbone": None if include_text_backbone else TEXT_PACKAGE}
-        (folder / "host.json").write_text(json.dumps(meta, indent=2))
+        write_host_meta(folder, meta)
         if include_text_backbone:
             self.tokenizer.save_pretrained(folder)
 

@@ -32,15 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering
 
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, local_folder, minilm_path,
-                                  register_host)
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, local_folder,
+                                  minilm_path, read_host_meta, register_host, write_host_meta)
 from tasks.errors import DataError
 from tasks.questions import answer_vocabulary
 from tasks.worlds import WORLDS, WorldSizes
 
 VILT_MEAN = VILT_STD = (0.5, 0.5, 0.5)
 SITE_KINDS = ("attention_blocks", "attention", "embeddings", "heads")
-HOST_JSON = "host.json"
 WORD_EMBEDDINGS = "vilt.embeddings.text_embeddings.word_embeddings.weight"
 
 
@@ -82,7 +81,7 @@ class ViltHost(Host):
             return cls.build_tiny(image_size or 64)
         folder = local_folder(source)
         where = folder if folder.exists() else source
-        meta = json.loads((folder / HOST_JSON).read_text()) if (folder / HOST_JSON).is_file() else {}
+        meta = read_host_meta(folder)
         from_package = meta.get("text_backbone") == TEXT_PACKAGE
         try:
             model = ViltForQuestionAnswering.from_pretrained(where)
@@ -116,7 +115,7 @@ class ViltHost(Host):
             self.tokenizer.save_pretrained(folder)
         self.model.save_pretrained(folder, state_dict=state)
         meta = {"image_size": self.image_size, "text_backbone": TEXT_PACKAGE if self.text_from_package else None}
-        (folder / HOST_JSON).write_text(json.dumps(meta, indent=2))
+        write_host_meta(folder, meta)
 
     # -- sites ------------------------------------------------------------------
     def sites(self, kind: str) -> dict[str, nn.Module]:
