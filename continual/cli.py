@@ -58,7 +58,9 @@ def cmd_eval(args) -> int:
     host.check_task_kind(kind)
     results = {}
     for spec in args.task:
-        task = load_task(spec, seed=args.seed, kind=kind, template=args.template)
+        task = load_task(spec, seed=args.seed, kind=kind, template=args.template, strict=args.strict)
+        for note in task.data_notes():
+            log.warning(note)
         host.check_phrases(task.phrases, task.template)
         results[spec] = evaluate_task(host, task, batch_size=args.batch_size, progress=_progress())
     if args.json:
@@ -221,7 +223,7 @@ def cmd_data(args) -> int:
 
 def cmd_demo(args) -> int:
     """Evaluate the shipped base checkpoint on the base world and the aquarium world."""
-    args.task, args.list_tasks, args.json = ["synthetic:base", "synthetic:aquarium"], False, False
+    args.task, args.list_tasks, args.json, args.strict = ["synthetic:base", "synthetic:aquarium"], False, False, False
     return cmd_eval(args)
 
 
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON (one object for one task)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
+    ev.add_argument("--strict", action="store_true",
+                    help="refuse a COCO file with any bad annotation (default: skip such annotations with a warning)")
     ev.set_defaults(func=cmd_eval)
 
     ho = sub.add_parser("hosts", help="the built-in hosts: kind, task kinds, site kinds")

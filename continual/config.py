@@ -47,6 +47,7 @@ class TaskConfig:
     phrases: dict[str, str] = field(default_factory=dict)  # category name -> prompt phrase
     shots: Optional[int] = None  # classification: K training images per class (seeded by data.seed)
     template: str = "a photo of a {}."  # classification: the class sentence around each phrase
+    val_split: str = "val"  # detection: the split evaluated (GLIP's ODinW protocol: mini_val for two sets)
 
 
 @dataclass
@@ -59,12 +60,14 @@ class StepConfig:
 
 @dataclass
 class DataConfig:
-    """Sizes of the synthetic worlds (COCO folders are used as they are)."""
+    """Sizes of the synthetic worlds (COCO folders are used as they are) and how real data's faults are met."""
 
     train_images: int = 400
     val_images: int = 100
     image_size: int = 128
     seed: int = 0
+    strict: bool = False  # refuse a COCO file with any bad annotation (default: skip, count and name them)
+    keep_supercategories: bool = False  # keep boxless supercategories (Roboflow's id 0) in the prompt
 
 
 @dataclass
@@ -237,6 +240,9 @@ def validate(cfg: RunConfig, where: str) -> None:
         if task.shots is not None and (task.kind != "classification" or task.shots < 1):
             raise ConfigError(f"{where}: tasks.{name}.shots: a positive number of images per class, for "
                               f"classification tasks only (got {task.shots} on a {task.kind} task)")
+        if task.val_split != "val" and task.kind != "detection":
+            raise ConfigError(f"{where}: tasks.{name}.val_split: for detection tasks only (got {task.val_split!r} "
+                              f"on a {task.kind} task)")
         if "{}" not in task.template:
             raise ConfigError(f"{where}: tasks.{name}.template: must contain {{}} where the class phrase goes, "
                               f"got {task.template!r}")

@@ -38,7 +38,7 @@ from continual.strategy import StepPlan, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
 from evaluation.summary import derived_metrics
-from prompts import METHODS, Stack, load_module, parameter_counts, save_module
+from prompts import METHODS, Stack, build_module, load_module, parameter_counts, save_module
 from tasks.errors import DataError
 from tasks.task import Task, load_task
 from tasks.worlds import WorldSizes
@@ -77,8 +77,9 @@ class Workspace:
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
         device = resolve_device(cfg.device)
         host = build_host(cfg.host).to(device)
-        used = {s.task for steps in cfg.streams().values() for s in steps} | set(cfg.held_out)
-        tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host) for name in sorted(used)}
+        trained = {s.task for steps in cfg.streams().values() for s in steps}
+        tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host, train_split=name in trained)
+                 for name in sorted(trained | set(cfg.held_out))}
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
         return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
@@ -91,12 +92,16 @@ class Workspace:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def open_task(name: str, spec: TaskConfig, data: DataConfig, host: Host) -> Task:
-    """A config's task loaded (synthetic worlds at the config's sizes and seed), its phrases checked
-    against the host's text encoder now rather than mid-run."""
+def open_task(name: str, spec: TaskConfig, data: DataConfig, host: Host, train_split: bool = True) -> Task:
+    """A config's task loaded (synthetic worlds at the config's sizes and seed), what loading left out
+    logged, its phrases checked against the host's text encoder now rather than mid-run."""
     sizes = WorldSizes(train=data.train_images, val=data.val_images, image_size=data.image_size)
     task = load_task(spec.data, name=name, phrase_overrides=spec.phrases, seed=data.seed, sizes=sizes,
-                     kind=spec.kind, shots=spec.shots, template=spec.template)
+                     kind=spec.kind, shots=spec.shots, template=spec.template, strict=data.strict,
+                     keep_supercategories=data.keep_supercategories, train_split=train_split,
+                     val_split=spec.val_split)
+    for note in task.data_notes():
+        log.warning(note)
     try:
         host.check_phrases(task.phrases, task.template)
     except DataError as err:
@@ -159,15 +164,36 @@ class StreamRun:
 
     def __init__(self, ws: Workspace, name: str, steps: list[StepConfig], run_dir: Path):
         self.ws, self.name, self.steps, self.run_dir = ws, name, steps, Path(run_dir)
+        self.label = f"settings.{name}" if ws.cfg.is_study else "stream"  # where its steps sit in the config
         self.stream_tasks = [ws.tasks[s.task] for s in steps]
         self.eval_tasks = self.stream_tasks + [ws.tasks[n] for n in ws.cfg.held_out]
         self.train_configs = {i: self.train_config(i, s) for i, s in enumerate(steps) if s.method != NO_MODULE}
+        self.zero_shot: dict[str, dict] = {}  # task -> metrics before any training
+        self.records: list[StepRecord] = []  # the finished steps, in order
 
     def train_config(self, index: int, step: StepConfig) -> TrainConfig:
         cfg = step_train_config(self.ws.cfg, step)
         cfg.seed += index  # each step its own data order and initialisation
         cfg.lr = cfg.lr or METHODS[step.method].default_lr
         return cfg
+
+    def run_identity(self) -> dict:
+        """What every row of the run depends on; none of it may change once a step has finished."""
+        cfg = self.ws.cfg
+        return {**self.ws.base_identity, "policy": cfg.policy, "evaluate": cfg.evaluate, "data": asdict(cfg.data)}
+
+    def step_identity(self, index: int) -> dict:
+        """What step ``index`` trains: its task's data, its method with the method's resolved config, its
+        train settings."""
+        step = self.steps[index]
+        train = self.train_configs.get(index)
+        return {"task": step.task, "method": step.method, "config": _method_config(step.method, step.config),
+                "train": asdict(train) if train else None, "data": asdict(self.ws.cfg.tasks[step.task])}
+
+    def training_key(self, index: int) -> str:
+        """Identity of step ``index``'s training (a mid-step checkpoint belongs to it alone)."""
+        payload = [self.run_identity(), [self.step_identity(i) for i in range(index + 1)]]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def step_key(self, index: int) -> str:
         history = [{"task": s.task, "method": s.method, "config": dict(s.config),
@@ -176,42 +202,40 @@ class StreamRun:
         return self.ws.key("step", history)
 
     # -- the loop -----------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict:
+    def run(self) -> dict:
+        """Every step not finished yet (all of them unless ``load_finished`` found some); results.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        zero_shot, records = self._load_state() if resume else (None, [])
         started = time.time()
-        with self._logging() as text_log, self._session(text_log) as session:
+        with run_log(self.run_dir) as stream, self._session(TextLogger(stream)) as session:
             for folder in self.ws.cfg.start_from:
                 session.stack.push(load_module(folder, self.ws.host))
-            if zero_shot is None:
-                zero_shot = self._zero_shot(session)
-                self._save_state(zero_shot, records)
-            else:
-                self.ws.memo.setdefault(self._zero_shot_key(), Done(None, self.name, self.run_dir, zero_shot))
+            missing = [j for j, t in enumerate(self.eval_tasks) if t.name not in self.zero_shot]
+            if missing:
+                self.zero_shot.update(self._zero_shot(session, missing))
+                self._save_state()
             for index, step in enumerate(self.steps):
-                if index < len(records):  # finished before the resume: put its module back
-                    self._restore(records[index], session)
+                if index < len(self.records):  # finished before the resume: put its module back
+                    self._restore(self.records[index], session)
                     continue
-                records.append(self._step(index, step, session))
-                self._save_state(zero_shot, records)
+                self.records.append(self._step(index, step, session))
+                self._save_state()
             model_seconds = session.record.model_seconds
-        results = self.results(zero_shot, records)
+        results = self.results(self.zero_shot, self.records)
         atomic.write_json(self.run_dir / RESULTS, results)
-        self._write_timing(time.time() - started, model_seconds, records)
+        self._write_timing(time.time() - started, model_seconds, self.records)
         atomic.write_files(self.run_dir, run_outputs(results))
         (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # the modules folder holds every finished module
         return results
 
-    def _zero_shot_key(self) -> str:
-        return self.ws.key("zero-shot", [t.name for t in self.eval_tasks])
-
-    def _zero_shot(self, session: Session) -> dict[str, dict]:
-        key = self._zero_shot_key()
-        if key not in self.ws.memo:
-            log.info("[%s] zero-shot row", self.name)
-            metrics = self._evaluate(session, range(len(self.eval_tasks)))
-            self.ws.memo[key] = Done(None, self.name, self.run_dir, metrics)
-        return self.ws.memo[key].metrics
+    def _zero_shot(self, session: Session, indices: list[int]) -> dict[str, dict]:
+        """The zero-shot metrics of the tasks at ``indices`` (memoised per task: every setting shares them)."""
+        keys = {j: self.ws.key("zero-shot", self.eval_tasks[j].name) for j in indices}
+        todo = [j for j in indices if keys[j] not in self.ws.memo]
+        if todo:
+            log.info("[%s] zero-shot row: %s", self.name, ", ".join(self.eval_tasks[j].name for j in todo))
+            for name, metrics in self._evaluate(session, todo).items():
+                self.ws.memo[self.ws.key("zero-shot", name)] = Done(None, self.name, self.run_dir, {name: metrics})
+        return {self.eval_tasks[j].name: self.ws.memo[keys[j]].metrics[self.eval_tasks[j].name] for j in indices}
 
     def _restore(self, record: StepRecord, session: Session) -> None:
         if record.module:
@@ -235,7 +259,7 @@ class StreamRun:
 
     def _train(self, index: int, step: StepConfig, record: StepRecord, session: Session) -> None:
         plan = StepPlan(index, self.ws.tasks[step.task], step.method, dict(step.config), self.train_configs[index],
-                        resume=session.checkpoints.load(index))
+                        resume=session.checkpoints.load(index, self.training_key(index)))
         log.info("[%s] step %d: training %s on %s (%d steps, lr %g)%s", self.name, index, plan.method, step.task,
                  plan.train.steps, plan.train.lr, f", resuming at step {plan.resume['step']}" if plan.resume else "")
         session.strategy.train_step(plan, session.benchmark.train_stream[index])
@@ -296,10 +320,11 @@ class StreamRun:
         held_out = [t.name for t in self.eval_tasks[len(tasks):]]
         names = {t.name: t.metric for t in self.eval_tasks}
         rows = [r.metrics for r in records]
-        matrix = [[row[t][names[t]] if t in row else None for t in tasks] for row in rows]
+        # an entry a row lacks was not evaluated there (evaluate: seen; a task that joined a resumed stream)
+        matrix = [[matrix_entry(row, t, names[t]) for t in tasks] for row in rows]
         zero_shot = [zero[t][names[t]] for t in tasks]
-        held = {t: {"zero_shot": zero[t][names[t]], "final": rows[-1][t][names[t]],
-                    "after_each": [row[t][names[t]] for row in rows]} for t in held_out}
+        held = {t: {"zero_shot": zero[t][names[t]], "final": matrix_entry(rows[-1], t, names[t]),
+                    "after_each": [matrix_entry(row, t, names[t]) for row in rows]} for t in held_out}
         return {
             "name": self.name, "host": self.ws.host.source, "host_fingerprint": self.ws.base_identity["host"],
             "policy": self.ws.cfg.policy, "evaluate": self.ws.cfg.evaluate,
@@ -323,29 +348,95 @@ class StreamRun:
                        "step_seconds": r.step_seconds, "trunk_cache": r.trunk_cache} for r in records]})
 
     # -- state ------------------------------------------------------------------
-    def _load_state(self) -> tuple[dict | None, list[StepRecord]]:
+    def load_finished(self) -> None:
+        """The finished part of the run already in this folder, checked against the config.
+
+        Finished steps must be unchanged (RunError naming the step and the key); unfinished and appended
+        steps may change. A task evaluated in finished rows whose data changed since, or a task new to the
+        run, is not evaluated on those rows (null) and gets its zero-shot entry anew.
+        """
         path = self.run_dir / STATE
         if not path.is_file():
-            return None, []
+            return
         state = json.loads(path.read_text())
-        return state["zero_shot"], [StepRecord(**s) for s in state["steps"]]
+        if "identity" not in state:
+            raise RunError(f"{path} was written by an older version that did not record what its steps depend "
+                           "on; --overwrite starts the run over")
+        records = [StepRecord(**r) for r in state["steps"]]
+        for index, record in enumerate(records):
+            self._check_finished(index, record, state)
+        same_run = not _difference(state["identity"], self.run_identity())
+        current = {t.name: asdict(self.ws.cfg.tasks[t.name]) for t in self.eval_tasks}
+        kept = {t for t, spec in current.items() if same_run and state["tasks"].get(t) == spec}
+        for record in records:
+            record.metrics = {t: m for t, m in record.metrics.items() if t in kept}
+        self.zero_shot = {t: m for t, m in state["zero_shot"].items() if t in kept}
+        self.records = records
+        if records:
+            log.info("[%s] resuming after %d finished step(s); not evaluated on their rows: %s", self.name,
+                     len(records), ", ".join(sorted(set(current) - kept)) or "none")
 
-    def _save_state(self, zero_shot: dict, records: list[StepRecord]) -> None:
-        atomic.write_json(self.run_dir / STATE, {"zero_shot": zero_shot, "steps": [asdict(r) for r in records]})
+    def _check_finished(self, index: int, record: StepRecord, state: dict) -> None:
+        at = f"{self.label}.{index}"
+        if index >= len(self.steps):
+            raise RunError(f"{self.run_dir}: {at} ({record.task}, {record.method}) has finished, but the config's "
+                           f"{self.label} has {len(self.steps)} step(s); a finished step cannot be taken out "
+                           "(--overwrite starts over)")
+        before = {"run": state["identity"], "step": {"task": record.task, "method": record.method,
+                                                     "config": _method_config(record.method, record.config),
+                                                     "train": record.train, "data": state["tasks"][record.task]}}
+        now = {"run": self.run_identity(), "step": self.step_identity(index)}
+        changed = _difference(before, now)
+        if changed:
+            key, old, new = changed
+            where = {"run.host": "host (its weights' fingerprint)", "run.start_from": "start_from (the modules' sha256)"}
+            name = where.get(key) or key.replace("run.", "", 1).replace("step.data.", f"tasks.{record.task}.", 1) \
+                .replace("step.", f"{at}.", 1)
+            raise RunError(f"{self.run_dir}: {at} ({record.task}, {record.method}) has finished, and {name} changed "
+                           f"since: {old!r} then, {new!r} now. Finished steps must keep their settings (unfinished "
+                           "and appended steps may change); use another run_dir or --overwrite")
 
-    @contextmanager
-    def _logging(self):
-        """run.log: the engine's own messages and Avalanche's TextLogger."""
-        stream = open(self.run_dir / "run.log", "a")
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        root = logging.getLogger("continual")
-        root.addHandler(handler)
-        try:
-            yield TextLogger(stream)
-        finally:
-            root.removeHandler(handler)
-            stream.close()
+    def _save_state(self) -> None:
+        atomic.write_json(self.run_dir / STATE, {
+            "identity": self.run_identity(), "tasks": {t.name: asdict(self.ws.cfg.tasks[t.name]) for t in self.eval_tasks},
+            "zero_shot": self.zero_shot, "steps": [asdict(r) for r in self.records]})
+
+
+def matrix_entry(row: dict[str, dict], task: str, metric: str) -> float | None:
+    """A row's primary metric for ``task``; None where the row did not evaluate it."""
+    return row[task][metric] if task in row else None
+
+
+def _method_config(method: str, config: dict) -> dict:
+    """A step's method config with the method's defaults filled in (so writing a default out changes nothing)."""
+    return dict(config) if method == NO_MODULE else build_module(method, dict(config)).config_dict()
+
+
+def _difference(before, now, key: str = "") -> tuple[str, object, object] | None:
+    """(dotted key, old value, new value) of the first difference between two JSON-like trees; None if equal."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for k in [*before, *(k for k in now if k not in before)]:
+            found = _difference(before.get(k), now.get(k), f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    return None if before == now else (key, before, now)
+
+
+@contextmanager
+def run_log(folder: Path):
+    """run.log in ``folder``: the engine's messages (and those who write to the stream it yields)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stream = open(folder / "run.log", "a")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("continual")
+    root.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        stream.close()
 
 
 def _copy_folder(source: Path, target: Path) -> None:
@@ -357,37 +448,48 @@ def _copy_folder(source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def _without_run_dir(config_text: str) -> str:
-    """A config's identity for --resume: a run folder may have been moved or copied."""
-    return "\n".join(line for line in config_text.splitlines() if not line.startswith("run_dir:"))
+def same_config(config_text: str, other_text: str) -> bool:
+    """Whether two configs are the same, whatever their run folders (a run folder may be moved or copied)."""
+    def strip(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not line.startswith("run_dir:"))
+    return strip(config_text) == strip(other_text)
 
 
-def prepare_run_dir(config_text: str, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding another run unless asked; record the resolved config (YAML text)."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
+    """Refuse a folder holding a run unless asked (--resume, --overwrite); empty it for --overwrite.
+
+    Returns the config text of the run to resume, None when there is none (``--resume`` into an empty or
+    missing folder starts the run: cluster jobs are requeued with the same command line).
+    """
     existing = run_dir / CONFIG
-    if existing.is_file() and not overwrite:
-        if not resume:
-            raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-                           "start it again")
-        if _without_run_dir(existing.read_text()) != _without_run_dir(config_text):
-            raise RunError(f"{run_dir} holds a run of another config ({existing}); --resume needs the same config, "
-                           "--overwrite starts over")
-    elif resume and not existing.is_file():
-        raise RunError(f"{run_dir}: nothing to resume (no {CONFIG}); run without --resume to start")
+    if existing.is_file() and not (resume or overwrite):
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                       "start it again")
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
+    return existing.read_text() if existing.is_file() else None
+
+
+def record_config(run_dir: Path, config_text: str, previous: str | None) -> None:
+    """config.yaml: the config the run goes on with; a different one it replaces is kept as config.previous.yaml."""
+    if previous is not None and not same_config(previous, config_text):
+        atomic.write_text(run_dir / "config.previous.yaml", previous)
     atomic.write_text(run_dir / CONFIG, config_text)
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Run every stream of the config; returns the run folder."""
+    """Run every stream of the config (the unfinished steps, with ``resume``); returns the run folder."""
     run_dir = Path(cfg.run_dir)
-    prepare_run_dir(to_yaml(cfg), run_dir, resume, overwrite)
-    ws = Workspace.open(cfg, progress)
-    results = {}
-    for name, steps in cfg.streams().items():
-        folder = run_dir / name if cfg.is_study else run_dir
-        results[name] = StreamRun(ws, name, steps, folder).run(resume)
+    previous = prepare_run_dir(run_dir, resume, overwrite)
+    with run_log(run_dir):  # what loading the data skipped goes to run.log too
+        ws = Workspace.open(cfg, progress)
+    streams = [StreamRun(ws, name, steps, run_dir / name if cfg.is_study else run_dir)
+               for name, steps in cfg.streams().items()]
+    if resume:
+        for stream in streams:  # every stream checked before anything is written
+            stream.load_finished()
+    record_config(run_dir, to_yaml(cfg), previous)
+    results = {stream.name: stream.run() for stream in streams}
     if cfg.is_study:
         atomic.write_files(run_dir, study_outputs(cfg.name, results))
     return run_dir

@@ -119,12 +119,16 @@ def _cell_key(cell: dict) -> tuple:
 
 def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Every (task, shots, seed, method) cell not yet in the run folder; then the table and the plot."""
-    from continual.engine import open_task, prepare_run_dir, resolve_device
+    from continual.engine import RunError, open_task, prepare_run_dir, record_config, resolve_device, same_config
     from continual.hosts.base import build_host
     from prompts import Stack
 
     run_dir = Path(cfg.run_dir)
-    prepare_run_dir(to_yaml(cfg), run_dir, resume, overwrite)
+    previous = prepare_run_dir(run_dir, resume, overwrite)
+    if previous is not None and not same_config(previous, to_yaml(cfg)):  # cells of one grid, one config
+        raise RunError(f"{run_dir} holds a grid of another config ({run_dir / 'config.yaml'}); --resume needs the "
+                       "same config, --overwrite starts over")
+    record_config(run_dir, to_yaml(cfg), previous)
     results_path = run_dir / RESULTS
     cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
     done = {_cell_key(c) for c in cells}

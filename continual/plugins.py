@@ -156,6 +156,7 @@ class CheckpointPlugin(SupervisedPlugin):
     def __init__(self, path, every: int, stacking: "StackingPlugin", record: "RecordPlugin"):
         super().__init__()
         self.path, self.every, self.stacking, self.record = Path(path), every, stacking, record
+        self.key = ""  # identity of the step training now (set by ``load``)
 
     def after_training_iteration(self, strategy, **kwargs):
         if self.every and strategy.step % self.every == 0 and strategy.step < strategy.plan.train.steps:
@@ -167,18 +168,20 @@ class CheckpointPlugin(SupervisedPlugin):
 
     def save(self, strategy) -> None:
         buffer = io.BytesIO()
-        torch.save({"index": strategy.plan.index, "step": strategy.step,
+        torch.save({"index": strategy.plan.index, "key": self.key, "step": strategy.step,
                     "module": {k: v.detach().cpu().clone() for k, v in self.stacking.module.module_state().items()},
                     "optimizer": strategy.optimizer.state_dict(), "rng": torch.get_rng_state(),
                     "losses": list(self.record.losses)}, buffer)
         atomic.write_bytes(self.path, buffer.getvalue())
 
-    def load(self, index: int) -> dict | None:
-        """The checkpoint inside step ``index``, if the file holds one."""
+    def load(self, index: int, key: str) -> dict | None:
+        """The checkpoint inside step ``index`` trained as ``key`` says, if the file holds one; a checkpoint of
+        that step under settings changed since is not used."""
+        self.key = key
         if not self.path.is_file():
             return None
         state = torch.load(self.path, weights_only=True)
-        return state if state["index"] == index else None
+        return state if state["index"] == index and state.get("key") == key else None
 
 
 class TrunkCachePlugin(SupervisedPlugin):

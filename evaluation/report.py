@@ -62,6 +62,7 @@ def run_report(results: dict) -> str:
         "Row i: after training step i; column j: task j. The first row is before any training.",
         markdown_table(["", *(f"{t} ({results['metric_names'][t]})" if metric == "metric" else t for t in tasks)],
                        matrix_rows),
+        *_not_evaluated_note(results),
         "## Derived metrics",
         markdown_table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
                        [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
@@ -70,10 +71,13 @@ def run_report(results: dict) -> str:
                        [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
     ]
     if results["held_out"]:
+        hap = d.get("held_out_hap", {})
         parts += ["## Held-out tasks (never trained)",
-                  markdown_table(["task", "zero-shot", "after the stream", "zero-shot retention"],
-                                 [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t])]
-                                  for t, v in results["held_out"].items()])]
+                  markdown_table(["task", "zero-shot", "after the stream", "zero-shot retention",
+                                  "hAP with the final average"],
+                                 [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t]),
+                                   _f(hap.get(t))] for t, v in results["held_out"].items()])]
+    parts += _data_notes(results)
     parts += ["## Modules",
               markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
                              [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
@@ -81,6 +85,29 @@ def run_report(results: dict) -> str:
                               for m in results["modules"]]),
               "![results matrix](plots/matrix.png)"]
     return "\n\n".join(parts) + "\n"
+
+
+def _not_evaluated_note(results: dict) -> list[str]:
+    held = [v for held in results["held_out"].values() for v in held["after_each"]]
+    if None not in [v for row in results["matrix"] for v in row] + held:
+        return []
+    return ["–: not evaluated there. `evaluate: seen` leaves the tasks not yet trained out of each row; a task "
+            "that joined the stream when the run was resumed is not evaluated on the rows written before it."]
+
+
+def _data_notes(results: dict) -> list[str]:
+    """What loading left out of each task's data (real exports' isolated bad annotations, supercategories)."""
+    lines = []
+    for task, record in results.get("data", {}).items():
+        for split, skipped in record.get("skipped_annotations", {}).items():
+            faults = ", ".join(f"{n} {fault.replace('_', ' ')}" for fault, n in sorted(skipped["counts"].items()))
+            lines.append(f"- {task} ({split}): {sum(skipped['counts'].values())} annotation(s) skipped ({faults}); "
+                         f"first: {'; '.join(f'`{m}`' for m in skipped['first'])}")
+        if record.get("left_out_categories"):
+            lines.append(f"- {task}: categories {', '.join(record['left_out_categories'])} left out of the prompt "
+                         "(supercategories without a box; `data.keep_supercategories: true` keeps them)")
+    return ["## Data", "Left out when the data were loaded (`data.strict: true` refuses bad annotations instead):",
+            "\n".join(lines)] if lines else []
 
 
 def study_report(name: str, rows: list[dict]) -> str:

@@ -20,7 +20,8 @@ def _or_none(fn, *args):
 
 def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_shot: list[float],
                     held_out: dict[str, dict] | None = None) -> dict:
-    """final_average, bwt, fwt, forgetting/retention per task, old/new/hAP, zero-shot retention of held-out tasks.
+    """final_average, bwt, fwt, forgetting/retention per task, old/new/hAP; per held-out task its zero-shot
+    retention and the harmonic mean of its final metric with the final average.
 
     ``old_metric``: the mean over the old tasks (all but the last) of their
     primary metric after the stream; ``new_metric``: the last task's.
@@ -45,8 +46,9 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
     per_task_forgetting = _or_none(forgetting, matrix) or [None] * len(tasks)
     per_task_retention = _or_none(retention, matrix) or [None] * len(tasks)
     old_metric = mean(old) if old else None
+    average = _or_none(final_average, matrix)
     return {
-        "final_average": _or_none(final_average, matrix),
+        "final_average": average,
         "bwt": _or_none(backward_transfer, matrix),
         "fwt": _or_none(forward_transfer, matrix, zero_shot),
         "forgetting": dict(zip(tasks, per_task_forgetting)),
@@ -54,8 +56,11 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
         "old_metric": old_metric,
         "new_metric": new,
         "hap": harmonic_mean(old_metric, new) if old_metric is not None and new is not None else None,
-        "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"])
-                                for name, v in (held_out or {}).items()},
+        "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"]) if v["final"] is not None
+                                else None for name, v in (held_out or {}).items()},
+        # ZiRa's and DitHub's hAP: a held-out task kept (e.g. zero-shot COCO) against the stream's final average
+        "held_out_hap": {name: harmonic_mean(v["final"], average) if None not in (v["final"], average) else None
+                         for name, v in (held_out or {}).items()},
     }
 
 

@@ -1,13 +1,17 @@
 """COCO-format detection data, checked on load.
 
-Any fault in an annotation file raises DataError naming the file and what was
-expected; an image that cannot be read raises it when first opened (or for all
-images at once with ``verify_images``).
+A malformed annotation file raises DataError naming the file and what was
+expected; isolated bad annotations in a sound file (an empty box, a box outside
+its image, an annotation of an unknown image or category) are left out and
+counted, or refused with ``strict``. An image that cannot be read raises
+DataError when first opened (or for all images at once with ``verify_images``).
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,8 +25,40 @@ REQUIRED = {"images": ("id", "file_name", "width", "height"), "annotations": ("i
             "categories": ("id", "name")}
 
 
-def read_coco_json(path: Path) -> dict:
-    """Load and validate one COCO instances file."""
+# Isolated faults of single annotations in otherwise sound files: skipped and counted unless strict
+# (torchvision's and detectron2's COCO readers drop such boxes too); anything else is refused.
+SKIPPABLE = {"empty_box": "box with width or height <= 0", "box_outside_image": "box outside its image",
+             "unknown_image": "annotation of an image not in 'images'",
+             "unknown_category": "annotation of an unknown category"}
+NAMED = 5  # skipped annotations named one by one; the rest are counted
+
+
+@dataclass
+class SkippedAnnotations:
+    """The annotations of one file that were left out, counted per fault, the first few named."""
+
+    file: str
+    counts: dict[str, int] = field(default_factory=dict)
+    first: list[str] = field(default_factory=list)
+
+    def add(self, fault: str, message: str) -> None:
+        self.counts[fault] = self.counts.get(fault, 0) + 1
+        if len(self.first) < NAMED:
+            self.first.append(message.removeprefix(f"{self.file}: "))  # the summary names the file once
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{n} {SKIPPABLE[f]}" for f, n in sorted(self.counts.items()))
+        return (f"{self.file}: skipped {self.total} annotation(s) ({faults}); first: {'; '.join(self.first)} "
+                "(data.strict: true refuses them)")
+
+
+def read_coco_json(path: Path, strict: bool = False) -> tuple[dict, SkippedAnnotations]:
+    """Load and validate one COCO instances file; isolated bad annotations are left out of it (or refused if
+    ``strict``). Returns the file's contents without them, and what was left out."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
@@ -59,28 +95,38 @@ def read_coco_json(path: Path) -> dict:
                             "width and height must be positive integers")
     images = {im["id"]: im for im in coco["images"]}
     category_ids = {c["id"] for c in coco["categories"]}
+    skipped, kept = SkippedAnnotations(str(path)), []
     for ann in coco["annotations"]:
-        _check_annotation(path, ann, images, category_ids)
-    return coco
+        fault = _annotation_fault(path, ann, images, category_ids)
+        if fault is None:
+            kept.append(ann)
+        elif strict:
+            raise DataError(f"{fault[1]} (refused: data.strict is on; without it such annotations are skipped)")
+        else:
+            skipped.add(*fault)
+    return {**coco, "annotations": kept}, skipped
 
 
-def _check_annotation(path: Path, ann: dict, images: dict, category_ids: set) -> None:
+def _annotation_fault(path: Path, ann: dict, images: dict, category_ids: set) -> tuple[str, str] | None:
+    """(fault, message) of an isolated bad annotation, None for a good one; a malformed one is refused."""
     where = f"{path}: annotation {ann['id']}"
-    if ann["image_id"] not in images:
-        raise DataError(f"{where} refers to image {ann['image_id']}, which is not in 'images'")
-    if ann["category_id"] not in category_ids:
-        raise DataError(f"{where} has unknown category_id {ann['category_id']}")
     box = ann["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-        raise DataError(f"{where}: bbox must be [x, y, width, height] numbers, got {box!r}")
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            and math.isfinite(v) for v in box)):
+        raise DataError(f"{where}: bbox must be [x, y, width, height] finite numbers, got {box!r}")
+    if ann["image_id"] not in images:
+        return "unknown_image", f"{where} refers to image {ann['image_id']}, which is not in 'images'"
+    if ann["category_id"] not in category_ids:
+        return "unknown_category", f"{where} has unknown category_id {ann['category_id']}"
     x, y, w, h = box
     if w <= 0 or h <= 0:
-        raise DataError(f"{where}: bbox {box} has width or height <= 0")
+        return "empty_box", f"{where}: bbox {box} has width or height <= 0"
     image = images[ann["image_id"]]
     if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > image["width"] + BOX_TOLERANCE \
             or y + h > image["height"] + BOX_TOLERANCE:
-        raise DataError(f"{where}: bbox {box} lies outside image {image['id']} "
-                        f"({image['width']}x{image['height']})")
+        return "box_outside_image", (f"{where}: bbox {box} lies outside image {image['id']} "
+                                     f"({image['width']}x{image['height']})")
+    return None
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -91,10 +137,10 @@ class CocoDetection(torch.utils.data.Dataset):
     (cx, cy, w, h as fractions of the image).
     """
 
-    def __init__(self, annotation_file: str | Path, image_dir: str | Path):
+    def __init__(self, annotation_file: str | Path, image_dir: str | Path, strict: bool = False):
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
-        self.coco = read_coco_json(self.annotation_file)
+        self.coco, self.skipped = read_coco_json(self.annotation_file, strict)
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image folder not found (for {self.annotation_file})")
         self.categories = sorted(self.coco["categories"], key=lambda c: c["id"])
@@ -108,6 +154,16 @@ class CocoDetection(torch.utils.data.Dataset):
     @property
     def category_names(self) -> list[str]:
         return [c["name"] for c in self.categories]
+
+    def box_counts(self) -> Counter:
+        """Boxes per category id (crowd boxes included)."""
+        return Counter(a["category_id"] for a in self.coco["annotations"])
+
+    def leave_out_categories(self, ids: set[int]) -> None:
+        """Drop categories that no annotation uses (e.g. a Roboflow supercategory) from the class list."""
+        self.coco = {**self.coco, "categories": [c for c in self.coco["categories"] if c["id"] not in ids]}
+        self.categories = [c for c in self.categories if c["id"] not in ids]
+        self.category_index = {c["id"]: i for i, c in enumerate(self.categories)}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -145,13 +201,25 @@ class CocoDetection(torch.utils.data.Dataset):
             self.open_image(i)
 
 
+def empty_supercategories(*splits: CocoDetection) -> list[dict]:
+    """Categories that another category names as its supercategory and that have no box in any split:
+    Roboflow exports put the dataset's own name there (id 0), which is not a class to prompt for."""
+    boxes = sum((s.box_counts() for s in splits), Counter())
+    categories = splits[0].categories
+
+    def is_parent(category: dict) -> bool:  # Roboflow's "Cottontail-Rabbit" is its own child's supercategory
+        return any(o.get("supercategory") == category["name"] for o in categories if o["id"] != category["id"])
+    return [c for c in categories if is_parent(c) and not boxes[c["id"]]]
+
+
 def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
     """(annotation file, image folder) of a split in the usual COCO layouts.
 
-    Tried in order: ``annotations/instances_{split}.json`` with images in
-    ``{split}/`` or ``images/{split}/`` (COCO, our worlds); and
-    ``{split}/_annotations.coco.json`` with images beside it (Roboflow/ODinW,
-    where val is called ``valid``).
+    Tried in order for each name of the split (val: val, valid, val2017; train: train, train2017):
+    ``annotations/instances_{name}.json`` with images in ``{name}/`` or ``images/{name}/`` (COCO, our
+    worlds); ``{name}/_annotations.coco.json`` with images beside it (Roboflow/ODinW exports); GLIP's ODinW
+    download, ``{name}/annotations_without_background.json`` or ``{name}_annotations_without_background.json``
+    with images beside it.
     """
     root = Path(root)
     if not root.is_dir():
@@ -159,12 +227,15 @@ def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
     names = [split] + (["valid", "val2017"] if split == "val" else ["train2017"] if split == "train" else [])
     tried = []
     for name in names:
-        ann = root / "annotations" / f"instances_{name}.json"
-        roboflow = root / name / "_annotations.coco.json"
-        tried += [str(ann.relative_to(root)), str(roboflow.relative_to(root))]
+        coco = root / "annotations" / f"instances_{name}.json"
+        tried.append(coco)
         for images in (root / name, root / "images" / name):
-            if ann.is_file() and images.is_dir():
-                return ann, images
-        if roboflow.is_file():
-            return roboflow, roboflow.parent
-    raise DataError(f"{root}: no {split!r} split found; looked for {', '.join(tried)}")
+            if coco.is_file() and images.is_dir():
+                return coco, images
+        for beside in (root / name / "_annotations.coco.json", root / name / "annotations_without_background.json",
+                       root / f"{name}_annotations_without_background.json"):
+            tried.append(beside)
+            if beside.is_file():
+                return beside, beside.parent
+    raise DataError(f"{root}: no {split!r} split found; looked for "
+                    f"{', '.join(str(p.relative_to(root)) for p in tried)}")

@@ -9,13 +9,13 @@ Kinds and their data:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
 from tasks.classification import load_classification
-from tasks.coco import CocoDetection, find_split
+from tasks.coco import CocoDetection, empty_supercategories, find_split
 from tasks.errors import DataError
 from tasks.vqa import load_vqa
 from tasks.worlds import WORLDS, WorldSizes, world_folder
@@ -31,11 +31,20 @@ class Task:
     name: str
     kind: str
     root: Path
-    train: Any  # CocoDetection or ImageClassification
+    train: Any  # CocoDetection, ImageClassification or VqaData; None for a task only evaluated
     val: Any
     phrases: list[str]  # one per class, in the order of the data's class indices (vqa: the answers)
     template: str = "{}"  # how a class phrase becomes a sentence (hosts that prompt with sentences)
     record: dict[str, Any] = field(default_factory=dict)  # what results.json keeps of the data (shots drawn, sizes)
+
+    def data_notes(self) -> list[str]:
+        """What loading left out of the data (skipped annotations, categories kept out of the prompt)."""
+        notes = [f"task {self.name!r}: {s['summary']}" for s in self.record.get("skipped_annotations", {}).values()]
+        if self.record.get("left_out_categories"):
+            notes.append(f"task {self.name!r}: categories {self.record['left_out_categories']} have no box in any "
+                         "split and are another category's supercategory; left out of the prompt "
+                         "(data.keep_supercategories: true keeps them)")
+        return notes
 
     @property
     def metric(self) -> str:
@@ -69,12 +78,18 @@ def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cach
 
 def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, str] | None = None,
               seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None,
-              kind: str = "detection", shots: int | None = None, template: str = DEFAULT_TEMPLATE) -> Task:
+              kind: str = "detection", shots: int | None = None, template: str = DEFAULT_TEMPLATE,
+              strict: bool = False, keep_supercategories: bool = False, train_split: bool = True,
+              val_split: str = "val") -> Task:
     """Load ``synthetic:WORLD``, ``coco:FOLDER`` or a folder path as a task of ``kind``.
 
     Class phrases are the category (or class folder) names unless
     ``phrase_overrides`` maps a name to another phrase (e.g. {"aeroplane": "airplane"}).
     ``shots``: K training images per class, drawn with ``seed`` (classification).
+    Detection: isolated bad annotations are skipped and recorded (refused if ``strict``); boxless
+    supercategories (Roboflow's id 0) are left out of the classes unless ``keep_supercategories``;
+    ``train_split=False`` loads the evaluated split alone (a task only evaluated, e.g. COCO val held out);
+    ``val_split`` names the split evaluated (e.g. ``mini_val``, as GLIP evaluates two ODinW sets).
     """
     if kind not in TASK_KINDS:
         raise DataError(f"task {spec!r}: unknown kind {kind!r}; choose from {', '.join(TASK_KINDS)}")
@@ -83,10 +98,22 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
     root = resolve_root(spec, seed, sizes, cache_root, kind)
     record: dict[str, Any] = {"kind": kind}
     if kind == "detection":
-        train, val = (CocoDetection(*find_split(root, split)) for split in ("train", "val"))
-        names, other = val.category_names, train.category_names
-        if other != names:
-            raise DataError(f"{root}: train and val have different categories ({other} vs {names})")
+        val = CocoDetection(*find_split(root, val_split), strict=strict)
+        train = CocoDetection(*find_split(root, "train"), strict=strict) if train_split else None
+        splits = {"train": train, "val": val} if train else {"val": val}
+        if train and train.category_names != val.category_names:
+            raise DataError(f"{root}: train and val have different categories ({train.category_names} vs "
+                            f"{val.category_names})")
+        skipped = {split: {**asdict(d.skipped), "summary": d.skipped.summary()}
+                   for split, d in splits.items() if d.skipped.total}
+        left_out = [] if keep_supercategories else empty_supercategories(*splits.values())
+        for data in splits.values():
+            data.leave_out_categories({c["id"] for c in left_out})
+        if skipped:  # results.json names what was left out (nothing when nothing was)
+            record["skipped_annotations"] = skipped
+        if left_out:
+            record["left_out_categories"] = [c["name"] for c in left_out]
+        names = val.category_names
     elif kind == "vqa":
         train, val = load_vqa(root)
         names = train.answers
@@ -96,7 +123,7 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
         if shots is not None:
             train, chosen = train.few_shot(shots, seed)
             record.update(shots=shots, shot_seed=seed, shot_indices=chosen)
-    record.update(train_size=len(train), val_size=len(val))
+    record.update(train_size=len(train) if train is not None else 0, val_size=len(val))
     overrides = phrase_overrides or {}
     unknown = set(overrides) - set(names)
     if unknown:

@@ -34,21 +34,26 @@ def _broken(change):
     return coco
 
 
-BAD = {
+BAD = {  # refused whatever data.strict says: the file itself is malformed
     "invalid json": ("{not json", "not valid JSON"),
     "missing section": (_broken(lambda c: c.pop("categories")), "missing list 'categories'"),
     "missing key": (_broken(lambda c: c["annotations"][0].pop("bbox")), "annotations[0] lacks key(s) bbox"),
-    "zero width": (_broken(lambda c: c["annotations"][0].update(bbox=[2, 3, 0, 12])), "width or height <= 0"),
-    "negative height": (_broken(lambda c: c["annotations"][0].update(bbox=[2, 3, 5, -1])), "width or height <= 0"),
-    "box outside": (_broken(lambda c: c["annotations"][0].update(bbox=[35, 3, 10, 12])), "outside image 1 (40x30)"),
-    "missing image": (_broken(lambda c: c["annotations"][0].update(image_id=5)), "refers to image 5"),
-    "unknown category": (_broken(lambda c: c["annotations"][0].update(category_id=3)), "unknown category_id 3"),
     "duplicate ids": (_broken(lambda c: c["annotations"][1].update(id=1)), "duplicate annotations id(s) [1]"),
     "duplicate image ids": (_broken(lambda c: c["images"][1].update(id=1)), "duplicate images id(s) [1]"),
     "no categories": (_broken(lambda c: c.update(categories=[], annotations=[])), "no categories"),
     "zero-size image": (_broken(lambda c: c["images"][0].update(width=0)), "has size 0x30; width and height must be"),
     "non-integer id": (_broken(lambda c: c["images"][0].update(id=[1])), "has id [1] of type list; ids must be"),
     "bad bbox type": (_broken(lambda c: c["annotations"][0].update(bbox="2,3,4,5")), "bbox must be"),
+    "bbox not finite": (_broken(lambda c: c["annotations"][0].update(bbox=[2, 3, float("nan"), 4])), "bbox must be"),
+}
+# isolated faults of one annotation: skipped and counted by default, refused with strict
+SKIPPED = {
+    "zero width": ("empty_box", lambda a: a.update(bbox=[2, 3, 0, 12]),
+                   "annotation 1: bbox [2, 3, 0, 12] has width or height <= 0"),
+    "negative height": ("empty_box", lambda a: a.update(bbox=[2, 3, 5, -1]), "width or height <= 0"),
+    "box outside": ("box_outside_image", lambda a: a.update(bbox=[35, 3, 10, 12]), "outside image 1 (40x30)"),
+    "missing image": ("unknown_image", lambda a: a.update(image_id=5), "refers to image 5"),
+    "unknown category": ("unknown_category", lambda a: a.update(category_id=3), "unknown category_id 3"),
 }
 
 
@@ -56,9 +61,33 @@ BAD = {
 def test_bad_annotation_file_is_refused(tmp_path, case):
     coco, message = BAD[case]
     path = _write(tmp_path, coco, images=False)
+    for strict in (False, True):
+        with pytest.raises(DataError) as err:
+            read_coco_json(path, strict=strict)
+        assert str(path) in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(SKIPPED))
+def test_an_isolated_bad_annotation_is_skipped_or_refused_when_strict(tmp_path, case):
+    fault, change, message = SKIPPED[case]
+    path = _write(tmp_path, _broken(lambda c: change(c["annotations"][0])), images=False)
+    coco, skipped = read_coco_json(path)
+    assert [a["id"] for a in coco["annotations"]] == [2]
+    assert skipped.counts == {fault: 1} and message in skipped.first[0] and skipped.file == str(path)
+    assert message in skipped.summary() and "data.strict" in skipped.summary()
     with pytest.raises(DataError) as err:
-        read_coco_json(path)
-    assert str(path) in str(err.value) and message in str(err.value)
+        read_coco_json(path, strict=True)
+    assert str(path) in str(err.value) and message in str(err.value) and "strict" in str(err.value)
+
+
+def test_skipped_annotations_are_counted_per_fault_and_the_first_few_named(tmp_path):
+    coco = _valid()
+    coco["annotations"] += [{"id": 10 + i, "image_id": 1, "category_id": 7, "bbox": [1, 1, 0, 2]} for i in range(6)]
+    coco["annotations"].append({"id": 30, "image_id": 1, "category_id": 4, "bbox": [1, 1, 2, 2]})
+    kept, skipped = read_coco_json(_write(tmp_path, coco, images=False))
+    assert len(kept["annotations"]) == 2 and skipped.total == 7
+    assert skipped.counts == {"empty_box": 6, "unknown_category": 1}
+    assert len(skipped.first) == 5 and skipped.first[0].startswith("annotation 10:")
 
 
 def test_missing_annotation_file(tmp_path):
@@ -85,10 +114,16 @@ def test_valid_file_loads_with_categories_sorted_by_id(tmp_path):
     assert target["boxes"][0].tolist() == pytest.approx([7 / 40, 9 / 30, 10 / 40, 12 / 30])
 
 
-def test_roboflow_layout_and_missing_split(tmp_path):
+def test_roboflow_and_glip_odinw_layouts_and_missing_split(tmp_path):
     (tmp_path / "valid").mkdir()
     (tmp_path / "valid" / "_annotations.coco.json").write_text("{}")
     assert find_split(tmp_path, "val")[0].name == "_annotations.coco.json"
+    (tmp_path / "mini_val").mkdir()
+    (tmp_path / "mini_val" / "annotations_without_background.json").write_text("{}")
+    assert find_split(tmp_path, "mini_val") == (tmp_path / "mini_val" / "annotations_without_background.json",
+                                                tmp_path / "mini_val")
+    (tmp_path / "test_annotations_without_background.json").write_text("{}")  # GLIP's pistols/export
+    assert find_split(tmp_path, "test") == (tmp_path / "test_annotations_without_background.json", tmp_path)
     with pytest.raises(DataError, match="no 'train' split found"):
         find_split(tmp_path, "train")
 

@@ -132,12 +132,21 @@ settings:
     assert (run_dir / "plots" / "retention_vs_new.png").is_file() and (run_dir / "report.md").is_file()
 
 
-def test_a_run_folder_of_another_config_is_refused(smoke):
+def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_and_key(smoke):
     run_dir = smoke[0]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"}
     with pytest.raises(engine.RunError, match="already holds a run"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}"]), progress=False)
-    with pytest.raises(engine.RunError, match="another config"):
+    with pytest.raises(engine.RunError, match=r"stream.0 \(base, adapter\) has finished, and stream.0.train.steps "
+                                              r"changed since: 4 then, 3 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "train.steps=3"]), resume=True)
+    with pytest.raises(engine.RunError, match="stream.1 .* and stream.1.config.k changed since: 10 then, 3 now"):
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "stream.1.config.k=3"]), resume=True)
+    with pytest.raises(engine.RunError, match="tasks.aquarium.phrases.fish changed since: None then, 'goldfish' now"):
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "tasks.aquarium.phrases={fish: goldfish}"]), resume=True)
+    with pytest.raises(engine.RunError, match="data.val_images changed since: 8 then, 4 now"):
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "data.val_images=4"]), resume=True)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"} == before
 
 
 def test_step_sampler_restarts_mid_stream_on_the_same_batches():

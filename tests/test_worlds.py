@@ -44,7 +44,7 @@ def test_every_world_is_valid_coco(world_cache, small_sizes):
     for name, world in WORLDS.items():
         folder = world_folder(name, sizes=small_sizes, cache_root=world_cache)
         for split, count in (("train", small_sizes.train), ("val", small_sizes.val)):
-            coco = read_coco_json(folder / "annotations" / f"instances_{split}.json")  # validates boxes
+            coco, _ = read_coco_json(folder / "annotations" / f"instances_{split}.json", strict=True)  # boxes valid
             assert len(coco["images"]) == count
             assert [c["name"] for c in coco["categories"]] == [c.name for c in world.categories]
             assert coco["annotations"], f"{name}/{split} has no objects"
