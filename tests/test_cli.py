@@ -167,7 +167,7 @@ def test_pretrain_refuses_unknown_stages_and_keys(_run, tmp_path, args, message)
 
 def test_run_smoke_config_then_report_and_compare(_run, tmp_path):
     run_dir = tmp_path / "smoke"
-    out = _run("run", SMOKE, f"run_dir={run_dir}")
+    out = _run("run", SMOKE, f"run_dir={run_dir}", "--resume")  # --resume into a missing folder: a full run
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["matrix"]) == 2 and "derived" in results

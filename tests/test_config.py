@@ -80,6 +80,9 @@ BAD = {
                                             "stream.0.task: a detection task, but the host is a dual-encoder"),
     "unknown task kind": (GOOD.replace('"synthetic:base"}', '"synthetic:base", kind: captioning}'), [],
                           "tasks.base.kind: must be one of ('detection', 'classification', 'vqa'), got 'captioning'"),
+    "val_split on a classification task": (
+        GOOD.replace('"synthetic:base"}', '"synthetic:base", kind: classification, val_split: test}'), [],
+        "tasks.base.val_split: for detection tasks only"),
     "shots on a detection task": (GOOD.replace('"synthetic:base"}', '"synthetic:base", shots: 4}'), [],
                                   "tasks.base.shots: a positive number of images per class, for classification"),
     "template without a slot": (GOOD.replace('"synthetic:base"}', '"synthetic:base", template: "a photo"}'), [],

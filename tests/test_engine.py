@@ -131,6 +131,18 @@ settings:
     assert rows[1]["new_metric"] == second["matrix"][1][1]
     assert (run_dir / "plots" / "retention_vs_new.png").is_file() and (run_dir / "report.md").is_file()
 
+    # a study grows too: a setting appended runs alone; a finished step changed is refused by name
+    written = {p: p.read_bytes() for p in run_dir.glob("a+*/results.json")}
+    study.write_text(study.read_text() + "  a+adapter: [{task: base, method: adapter}, {task: aquarium, method: adapter}]\n")
+    with pytest.raises(engine.RunError, match=r"settings.a\+sdpt.1 \(aquarium, sdpt\) has finished, and "
+                                              r"settings.a\+sdpt.1.config.k changed"):
+        engine.run(load_config(study, [f"run_dir={run_dir}", "settings.a+sdpt.1.config.k=2"]), resume=True)
+    engine.run(load_config(study, [f"run_dir={run_dir}"]), resume=True, progress=False)
+    third = json.loads((run_dir / "a+adapter" / "results.json").read_text())
+    assert third["modules"][0]["reused_from"] == "a+none" and third["modules"][1]["reused_from"] is None
+    assert {p: p.read_bytes() for p in written} == written
+    assert [r["setting"] for r in json.loads((run_dir / "compat.json").read_text())] == ["a+none", "a+sdpt", "a+adapter"]
+
 
 def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_and_key(smoke):
     run_dir = smoke[0]
@@ -146,6 +158,11 @@ def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_an
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "tasks.aquarium.phrases={fish: goldfish}"]), resume=True)
     with pytest.raises(engine.RunError, match="data.val_images changed since: 8 then, 4 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "data.val_images=4"]), resume=True)
+    shorter = run_dir.parent / "shorter.yaml"
+    shorter.write_text(SMOKE.read_text().replace("  - {task: aquarium, method: sdpt}\n", ""))
+    with pytest.raises(engine.RunError, match=r"stream.1 \(aquarium, sdpt\) has finished, but the config's stream "
+                                              r"has 1 step\(s\); a finished step cannot be taken out"):
+        engine.run(load_config(shorter, [f"run_dir={run_dir}"]), resume=True)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"} == before
 
 

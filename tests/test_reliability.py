@@ -1,6 +1,7 @@
 """Reliability: a killed run resumes to the same results; guards stop a run with a clear error."""
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -63,7 +64,8 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))
-def test_crash_then_resume_in_process_gives_identical_results(tmp_path, uninterrupted, point, monkeypatch):
+def test_crash_then_resume_in_process_gives_identical_results(tmp_path, uninterrupted, point, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="continual")  # run.log gets the engine's messages, as under the CLI
     cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
     monkeypatch.setenv("CONTINUAL_CRASH_AT", CRASH_POINTS[point])
     monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
@@ -74,6 +76,8 @@ def test_crash_then_resume_in_process_gives_identical_results(tmp_path, uninterr
     monkeypatch.delenv("CONTINUAL_CRASH_AT")
     engine.run(cfg, resume=True, progress=False)
     assert (tmp_path / "run" / "results.json").read_bytes() == uninterrupted
+    if point.startswith("mid-training"):  # it went on from the step's checkpoint, not from the step's start
+        assert "resuming at step 2" in (tmp_path / "run" / "run.log").read_text()
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
@@ -103,6 +107,55 @@ def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrup
     (tmp_path / "run" / "results.json").unlink()
     engine.run(cfg, resume=True, progress=False)
     assert (tmp_path / "run" / "results.json").read_bytes() == uninterrupted
+
+
+def grown(tmp_path) -> Path:
+    """The smoke stream with a third task appended (a stream that grows as tasks arrive)."""
+    path = tmp_path / "grown.yaml"
+    path.write_text(SMOKE.read_text().replace('  aquarium: {data: "synthetic:aquarium"}\n',
+                                              '  aquarium: {data: "synthetic:aquarium"}\n  fruit: {data: "synthetic:fruit"}\n')
+                    + "  - {task: fruit, method: sdpt}\n")
+    return path
+
+
+def test_a_killed_run_resumed_with_a_task_appended_trains_only_the_new_task(tmp_path, uninterrupted, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", "write:results.json:1")  # every step done, killed before the end
+    monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
+    faults.reset()
+    with pytest.raises(faults.SimulatedCrash):  # --resume into a folder that does not exist starts the run
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}"]), resume=True, progress=False)
+    monkeypatch.delenv("CONTINUAL_CRASH_AT")
+    finished = {p: p.stat().st_mtime_ns for p in (run_dir / "modules").rglob("*.safetensors")}
+    engine.run(load_config(grown(tmp_path), [f"run_dir={run_dir}"]), resume=True, progress=False)
+    reference, results = json.loads(uninterrupted), json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["rows"][:2] == reference["metrics"]["rows"]  # the earlier rows, as they were
+    assert [row[:2] for row in results["matrix"][:2]] == reference["matrix"]
+    assert [row[2] for row in results["matrix"]] == [None, None, results["metrics"]["rows"][2]["fruit"]["mAP"]]
+    assert results["zero_shot"][:2] == reference["zero_shot"] and results["zero_shot"][2] is not None
+    assert {t: results["losses"][t] for t in ("base", "aquarium")} == reference["losses"]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not trained again
+    assert len(results["losses"]["fruit"]) == 4 and len(list((run_dir / "modules").iterdir())) == 3
+    assert "not evaluated" in (run_dir / "report.md").read_text()
+    assert (run_dir / "config.previous.yaml").read_text() != (run_dir / "config.yaml").read_text()
+
+
+def test_a_changed_unfinished_step_trains_anew_not_from_its_old_checkpoint(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="continual")
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", "train-step:7")  # mid second task, its step-2 checkpoint written
+    monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
+    faults.reset()
+    with pytest.raises(faults.SimulatedCrash):
+        engine.run(load_config(SMOKE, [f"run_dir={run_dir}"]), progress=False)
+    monkeypatch.delenv("CONTINUAL_CRASH_AT")
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["index"] == 1
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "stream.1.train.lr=0.05"]), resume=True, progress=False)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [m["train"]["lr"] for m in results["modules"]] == [0.003, 0.05]
+    log = (run_dir / "run.log").read_text()
+    assert "step 1: training sdpt on aquarium (4 steps, lr 0.05)\n" in log and "resuming at step" not in log
+    assert len(results["losses"]["aquarium"]) == 4
 
 
 def test_nan_loss_stops_the_run_naming_task_and_step(tmp_path, monkeypatch):
