@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("config", help="YAML config, e.g. configs/compat.yaml")
     ru.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="omegaconf dotlist overrides, e.g. run_dir=runs/x train.steps=50 policy=own")
-    ru.add_argument("--resume", action="store_true", help="continue the run already in the run folder")
+    ru.add_argument("--resume", action="store_true",
+                    help="continue the run in the run folder, or start it if there is none; finished steps must match "
+                         "the config, unfinished and appended steps (and settings) may change")
     ru.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
     ru.set_defaults(func=cmd_run)
 
@@ -300,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "against shots.")
     fs.add_argument("config", help="YAML config, e.g. configs/fewshot.yaml")
     fs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
-    fs.add_argument("--resume", action="store_true", help="continue the grid already in the run folder")
+    fs.add_argument("--resume", action="store_true",
+                    help="continue the grid in the run folder (same config), or start it if there is none")
     fs.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
     fs.set_defaults(func=cmd_fewshot)
 

@@ -389,7 +389,8 @@ class StreamRun:
         changed = _difference(before, now)
         if changed:
             key, old, new = changed
-            where = {"run.host": "host (its weights' fingerprint)", "run.start_from": "start_from (the modules' sha256)"}
+            where = {"run.host": "host (its weights' fingerprint)",
+                     "run.start_from": "start_from (the modules' sha256)"}
             name = where.get(key) or key.replace("run.", "", 1).replace("step.data.", f"tasks.{record.task}.", 1) \
                 .replace("step.", f"{at}.", 1)
             raise RunError(f"{self.run_dir}: {at} ({record.task}, {record.method}) has finished, and {name} changed "
@@ -397,9 +398,9 @@ class StreamRun:
                            "and appended steps may change); use another run_dir or --overwrite")
 
     def _save_state(self) -> None:
-        atomic.write_json(self.run_dir / STATE, {
-            "identity": self.run_identity(), "tasks": {t.name: asdict(self.ws.cfg.tasks[t.name]) for t in self.eval_tasks},
-            "zero_shot": self.zero_shot, "steps": [asdict(r) for r in self.records]})
+        tasks = {t.name: asdict(self.ws.cfg.tasks[t.name]) for t in self.eval_tasks}
+        atomic.write_json(self.run_dir / STATE, {"identity": self.run_identity(), "tasks": tasks,
+                                                 "zero_shot": self.zero_shot, "steps": [asdict(r) for r in self.records]})
 
 
 def matrix_entry(row: dict[str, dict], task: str, metric: str) -> float | None:
@@ -426,8 +427,11 @@ def _difference(before, now, key: str = "") -> tuple[str, object, object] | None
 @contextmanager
 def run_log(folder: Path):
     """run.log in ``folder``: the engine's messages (and those who write to the stream it yields)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stream = open(folder / "run.log", "a")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stream = open(folder / "run.log", "a")
+    except OSError as err:
+        raise atomic.OutputError(f"{folder / 'run.log'}: cannot write ({err.strerror or err})") from err
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("continual")

@@ -133,7 +133,8 @@ settings:
 
     # a study grows too: a setting appended runs alone; a finished step changed is refused by name
     written = {p: p.read_bytes() for p in run_dir.glob("a+*/results.json")}
-    study.write_text(study.read_text() + "  a+adapter: [{task: base, method: adapter}, {task: aquarium, method: adapter}]\n")
+    study.write_text(study.read_text()
+                     + "  a+adapter: [{task: base, method: adapter}, {task: aquarium, method: adapter}]\n")
     with pytest.raises(engine.RunError, match=r"settings.a\+sdpt.1 \(aquarium, sdpt\) has finished, and "
                                               r"settings.a\+sdpt.1.config.k changed"):
         engine.run(load_config(study, [f"run_dir={run_dir}", "settings.a+sdpt.1.config.k=2"]), resume=True)
@@ -141,7 +142,8 @@ settings:
     third = json.loads((run_dir / "a+adapter" / "results.json").read_text())
     assert third["modules"][0]["reused_from"] == "a+none" and third["modules"][1]["reused_from"] is None
     assert {p: p.read_bytes() for p in written} == written
-    assert [r["setting"] for r in json.loads((run_dir / "compat.json").read_text())] == ["a+none", "a+sdpt", "a+adapter"]
+    settings = [r["setting"] for r in json.loads((run_dir / "compat.json").read_text())]
+    assert settings == ["a+none", "a+sdpt", "a+adapter"]
 
 
 def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_and_key(smoke):
@@ -154,7 +156,8 @@ def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_an
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "train.steps=3"]), resume=True)
     with pytest.raises(engine.RunError, match="stream.1 .* and stream.1.config.k changed since: 10 then, 3 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "stream.1.config.k=3"]), resume=True)
-    with pytest.raises(engine.RunError, match="tasks.aquarium.phrases.fish changed since: None then, 'goldfish' now"):
+    with pytest.raises(engine.RunError,
+                       match="tasks.aquarium.phrases.fish changed since: None then, 'goldfish' now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "tasks.aquarium.phrases={fish: goldfish}"]), resume=True)
     with pytest.raises(engine.RunError, match="data.val_images changed since: 8 then, 4 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "data.val_images=4"]), resume=True)

@@ -13,6 +13,7 @@ import torch
 
 from continual import atomic, engine, faults
 from continual.atomic import OutputError
+from continual.cli import main
 from continual.config import load_config
 from continual.plugins import NonFiniteLossError
 from continual.strategy import HostModel
@@ -91,14 +92,18 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, uninterrupted, po
     assert (run_dir / "results.json").read_bytes() == uninterrupted
 
 
-def test_classification_stream_resumes_exactly_after_sigkill(tmp_path):
+def test_classification_stream_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
+    """The detection runs above are killed for real; this one crashes in process (the same resume path)."""
     engine.run(load_config(SMOKE_CLASSIFY, [f"run_dir={tmp_path / 'reference'}"]), progress=False)
-    run_dir = tmp_path / "run"
-    killed = continual_run(run_dir, crash_at="train-step:7", config=SMOKE_CLASSIFY)  # mid-training, second task
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = continual_run(run_dir, "--resume", config=SMOKE_CLASSIFY)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (run_dir / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
+    cfg = load_config(SMOKE_CLASSIFY, [f"run_dir={tmp_path / 'run'}"])
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", "train-step:7")  # mid-training, second task
+    monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
+    faults.reset()
+    with pytest.raises(faults.SimulatedCrash):
+        engine.run(cfg, progress=False)
+    monkeypatch.delenv("CONTINUAL_CRASH_AT")
+    engine.run(cfg, resume=True, progress=False)
+    assert (tmp_path / "run" / "results.json").read_bytes() == (tmp_path / "reference" / "results.json").read_bytes()
 
 
 def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrupted):
@@ -112,8 +117,8 @@ def test_resume_of_a_finished_run_rebuilds_the_same_results(tmp_path, uninterrup
 def grown(tmp_path) -> Path:
     """The smoke stream with a third task appended (a stream that grows as tasks arrive)."""
     path = tmp_path / "grown.yaml"
-    path.write_text(SMOKE.read_text().replace('  aquarium: {data: "synthetic:aquarium"}\n',
-                                              '  aquarium: {data: "synthetic:aquarium"}\n  fruit: {data: "synthetic:fruit"}\n')
+    tasks = '  aquarium: {data: "synthetic:aquarium"}\n'
+    path.write_text(SMOKE.read_text().replace(tasks, tasks + '  fruit: {data: "synthetic:fruit"}\n')
                     + "  - {task: fruit, method: sdpt}\n")
     return path
 
@@ -190,11 +195,12 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch
     assert json.loads(target.read_text()) == {"old": True}
 
 
-def test_unwritable_run_folder_is_a_clear_error(tmp_path):
+def test_unwritable_run_folder_is_a_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    out = continual_run(blocker / "run")
-    assert out.returncode == 2 and out.stderr.startswith("error: ") and "cannot write" in out.stderr
+    assert main(["run", str(SMOKE), f"run_dir={blocker / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot write" in err
 
 
 def test_too_long_phrase_is_refused_before_training(tmp_path):
