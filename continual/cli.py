@@ -58,7 +58,8 @@ def cmd_eval(args) -> int:
     host.check_task_kind(kind)
     results = {}
     for spec in args.task:
-        task = load_task(spec, seed=args.seed, kind=kind, template=args.template, strict=args.strict)
+        task = load_task(spec, seed=args.seed, kind=kind, template=args.template, strict=args.strict,
+                         train_split=None)  # evaluation needs val alone; a train split there is checked too
         for note in task.data_notes():
             log.warning(note)
         host.check_phrases(task.phrases, task.template)

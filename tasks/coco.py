@@ -239,3 +239,12 @@ def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
                 return beside, beside.parent
     raise DataError(f"{root}: no {split!r} split found; looked for "
                     f"{', '.join(str(p.relative_to(root)) for p in tried)}")
+
+
+def has_split(root: str | Path, split: str) -> bool:
+    """Whether ``find_split`` finds the split in ``root``."""
+    try:
+        find_split(root, split)
+    except DataError:
+        return False
+    return True

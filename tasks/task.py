@@ -15,7 +15,7 @@ from typing import Any
 
 from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
 from tasks.classification import load_classification
-from tasks.coco import CocoDetection, empty_supercategories, find_split
+from tasks.coco import CocoDetection, empty_supercategories, find_split, has_split
 from tasks.errors import DataError
 from tasks.vqa import load_vqa
 from tasks.worlds import WORLDS, WorldSizes, world_folder
@@ -79,7 +79,7 @@ def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cach
 def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, str] | None = None,
               seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None,
               kind: str = "detection", shots: int | None = None, template: str = DEFAULT_TEMPLATE,
-              strict: bool = False, keep_supercategories: bool = False, train_split: bool = True,
+              strict: bool = False, keep_supercategories: bool = False, train_split: bool | None = True,
               val_split: str = "val") -> Task:
     """Load ``synthetic:WORLD``, ``coco:FOLDER`` or a folder path as a task of ``kind``.
 
@@ -88,7 +88,8 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
     ``shots``: K training images per class, drawn with ``seed`` (classification).
     Detection: isolated bad annotations are skipped and recorded (refused if ``strict``); boxless
     supercategories (Roboflow's id 0) are left out of the classes unless ``keep_supercategories``;
-    ``train_split=False`` loads the evaluated split alone (a task only evaluated, e.g. COCO val held out);
+    ``train_split=False`` loads the evaluated split alone (a task only evaluated, e.g. COCO val held out),
+    ``None`` the train split too where there is one (``continual eval`` checks and reports the whole folder);
     ``val_split`` names the split evaluated (e.g. ``mini_val``, as GLIP evaluates two ODinW sets).
     """
     if kind not in TASK_KINDS:
@@ -99,6 +100,8 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
     record: dict[str, Any] = {"kind": kind}
     if kind == "detection":
         val = CocoDetection(*find_split(root, val_split), strict=strict)
+        if train_split is None:
+            train_split = has_split(root, "train")
         train = CocoDetection(*find_split(root, "train"), strict=strict) if train_split else None
         splits = {"train": train, "val": val} if train else {"val": val}
         if train and train.category_names != val.category_names:

@@ -47,7 +47,7 @@ def small_sizes():
 def write_roboflow_export(world: str, target, world_cache, splits=("train", "valid", "test"), zero_width_box=False):
     """A synthetic world written the way Roboflow exports a dataset (ODinW's sets are such exports): one folder
     per split with ``_annotations.coco.json`` beside the images, category ids from 1 under a supercategory of
-    id 0 that no box uses, and optionally one box of width 0 (real exports carry a few)."""
+    id 0 that no box uses, and optionally one box of width 0 in the first split (real exports carry a few)."""
     import json
     import shutil
     from pathlib import Path
@@ -63,7 +63,7 @@ def write_roboflow_export(world: str, target, world_cache, splits=("train", "val
             {"id": c["id"] + 1, "name": c["name"], "supercategory": f"{world}-things"} for c in coco["categories"]]
         for ann in coco["annotations"]:
             ann["category_id"] += 1
-        if zero_width_box and split == "train":
+        if zero_width_box and split == splits[0]:
             coco["annotations"][0]["bbox"][2] = 0.0
         (target / split).mkdir(parents=True)
         for image in coco["images"]:

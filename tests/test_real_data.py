@@ -36,6 +36,15 @@ def test_eval_skips_one_zero_width_box_naming_it_and_strict_refuses_it(export, c
     assert "_annotations.coco.json: annotation 1: bbox" in err and "data.strict is on" in err
 
 
+def test_eval_needs_the_evaluated_split_alone(tmp_path, world_cache, capsys, caplog):
+    valid_only = write_roboflow_export("fruit", tmp_path / "fruit", world_cache, splits=("valid",),
+                                       zero_width_box=True)
+    with caplog.at_level(logging.WARNING, logger="continual"):
+        assert main(["eval", "--task", str(valid_only), "--json"]) == 0
+    assert "mAP" in json.loads(capsys.readouterr().out)
+    assert any(str(valid_only / "valid") in r.getMessage() and "skipped 1" in r.getMessage() for r in caplog.records)
+
+
 def test_the_supercategory_is_left_out_of_the_prompt_unless_kept(export, world_cache):
     task = load_task(str(export))
     assert "aquarium-things" not in task.phrases and "fish" in task.phrases
