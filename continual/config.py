@@ -32,7 +32,6 @@ from omegaconf.errors import OmegaConfBaseException
 from continual.training import TrainConfig
 
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
-POLICIES = ("all", "own")
 EVALUATE = ("stream", "seen")
 
 
@@ -77,7 +76,7 @@ class RunConfig:
     host: str = "builtin:tiny-base"
     device: str = "auto"  # auto: cuda when present
     seed: int = 0
-    policy: str = "all"  # composition at evaluation: all | own
+    policy: str = "all"  # composition at evaluation: all | own | route
     evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
     held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
     eval_batch_size: int = 16
@@ -214,7 +213,7 @@ def _check_kind(where: str, at: str, kind: str, host) -> None:
 def validate(cfg: RunConfig, where: str) -> None:
     """Everything that can be checked before a model or a dataset is loaded."""
     from continual.hosts.base import HostError, host_class
-    from prompts import METHODS, MethodError, build_module
+    from prompts import METHODS, POLICIES, MethodError, build_module
     from prompts.base import check_sites
     from tasks.task import TASK_KINDS
     from tasks.worlds import WORLDS

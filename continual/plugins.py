@@ -40,7 +40,7 @@ class StackingPlugin(SupervisedPlugin):
     host's task loss (the same loss for most methods). After it: hash the host
     and the earlier modules again and raise IntegrityError if any changed.
     Before an evaluation experience: switch modules by the policy for the
-    evaluated task.
+    evaluated task and its prompt's phrases.
     """
 
     def __init__(self, stack: Stack, policy: str):
@@ -53,7 +53,9 @@ class StackingPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs):
         plan = strategy.plan
         torch.manual_seed(plan.train.seed)  # the module's initialisation
-        self.module = self.stack.push(build_module(plan.method, plan.config, task=plan.task.name))
+        self.module = build_module(plan.method, plan.config, task=plan.task.name)
+        self.module.phrases = tuple(plan.task.phrases)
+        self.stack.push(self.module)
         self._frozen = self.stack.frozen_hashes(except_module=self.module) if self.module.stackable else None
         self.module.prepare(plan.task)
         params = self.stack.train_only(self.module)
@@ -96,7 +98,8 @@ class StackingPlugin(SupervisedPlugin):
                                  "(the host and earlier modules must stay bit-identical)")
 
     def before_eval_exp(self, strategy, **kwargs):
-        self.stack.use(self.policy, strategy.current_task.name)
+        task = strategy.current_task
+        self.stack.use(self.policy, task.name, task.phrases)
 
     def after_eval(self, strategy, **kwargs):
         self.stack.use("all")

@@ -81,6 +81,7 @@ class PeftModule(nn.Module):
         super().__init__()
         self.config = config if config is not None else self.Config()
         self.task = task
+        self.phrases: tuple[str, ...] = ()  # its task's category phrases: what policy `route` matches prompts to
         self._enabled = True
         self.built_for: str | None = None  # fingerprint of the host the parameters were sized for
         self._handles: list[RemovableHandle] = []

@@ -4,7 +4,11 @@ Policies at evaluation:
 - ``all``: every module on (the SDPT paper's setting; task-agnostic);
 - ``own``: only the evaluated task's modules and the ones they were trained
   on top of (task-aware; an earlier task then sees exactly what it saw when it
-  was trained, so it cannot forget).
+  was trained, so it cannot forget);
+- ``route``: the modules whose tasks' phrases the prompt names (exact match),
+  and the ones they were trained on top of (task-agnostic: a grounding prompt
+  always carries its class names, as in DitHub); a prompt that names no known
+  phrase runs on the plain host.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from continual.digest import tensor_digest
 from prompts.base import MethodError, PeftModule
 
-POLICIES = ("all", "own")
+POLICIES = ("all", "own", "route")
 
 
 @dataclass
@@ -52,15 +56,17 @@ class Stack:
         while self.entries:
             self.pop()
 
-    def use(self, policy: str, task: str | None = None) -> None:
-        """Switch modules on and off for evaluating ``task`` under ``policy``."""
+    def use(self, policy: str, task: str | None = None, phrases=()) -> None:
+        """Switch modules on and off for evaluating ``task``, prompted with ``phrases``, under ``policy``."""
         if policy not in POLICIES:
             raise MethodError(f"unknown composition policy {policy!r}; choose from {POLICIES}")
         if policy == "all":
             active = set(range(len(self.entries)))
         else:
-            own = [i for i, e in enumerate(self.entries) if e.module.task == task]
-            active = set(own).union(*(self.entries[i].below for i in own))
+            named = set(phrases)
+            chosen = [i for i, e in enumerate(self.entries)
+                      if (e.module.task == task if policy == "own" else named & set(e.module.phrases))]
+            active = set(chosen).union(*(self.entries[i].below for i in chosen))
         # Off first, then on: modules such as full_ft swap weights on change.
         for i, entry in enumerate(self.entries):
             if i not in active and entry.module.enabled:
@@ -69,9 +75,9 @@ class Stack:
             self.entries[i].module.enabled = True
 
     @contextlib.contextmanager
-    def using(self, policy: str, task: str | None = None):
+    def using(self, policy: str, task: str | None = None, phrases=()):
         before = [m.enabled for m in self.modules]
-        self.use(policy, task)
+        self.use(policy, task, phrases)
         try:
             yield self
         finally:

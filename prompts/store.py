@@ -52,8 +52,8 @@ def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
         state = {k: v.detach().cpu().clone() for k, v in module.module_state().items()}
         save_file(state, str(tmp / WEIGHTS))
         # the base it was built on: for full_ft the host itself has changed by now
-        record = {"task": module.task, "method": module.method, "host_fingerprint": module.built_for,
-                  "sha256": file_sha256(tmp / WEIGHTS), **meta}
+        record = {"task": module.task, "phrases": list(module.phrases), "method": module.method,
+                  "host_fingerprint": module.built_for, "sha256": file_sha256(tmp / WEIGHTS), **meta}
         (tmp / META).write_text(json.dumps(record, indent=2))
         crash_point("write:module")
     return Path(folder)
@@ -113,6 +113,7 @@ def load_module(folder: str | Path, host) -> PeftModule:
         raise StoreError(f"{weights}: sha256 does not match {META} (the file changed after it was saved)")
     state = _read_weights(weights)
     module = build_module(method, config.get("config", {}), task=meta.get("task"))
+    module.phrases = tuple(meta.get("phrases", ()))  # none recorded: policy `route` never enables it
     module.attach(host)
     try:
         module.load_module_state(state)

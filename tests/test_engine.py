@@ -91,6 +91,14 @@ def test_own_policy_keeps_old_task_metrics_exactly(tmp_path):
     assert results["derived"]["forgetting"]["base"] == 0.0
 
 
+def test_route_policy_keeps_the_old_task_and_gives_the_new_one_what_all_gives(tmp_path, smoke):
+    _, results = run_smoke(tmp_path, "policy=route")
+    rows, under_all = results["metrics"]["rows"], smoke[1]["metrics"]["rows"]
+    assert results["derived"]["retention"]["base"] == 1.0 and rows[1]["base"] == rows[0]["base"]
+    assert rows[1]["aquarium"] == under_all[1]["aquarium"]  # its prompt names its own phrases: every module on
+    assert rows[0]["aquarium"] == results["metrics"]["zero_shot"]["aquarium"]  # nothing it names: the plain host
+
+
 def test_all_policy_lets_the_later_module_act_on_the_old_task(tmp_path):
     _, results = run_smoke(tmp_path, "policy=all", "stream.1.method=adapter", "train.steps=6", "train.lr=0.05")
     coco = results["metrics"]["rows"]

@@ -59,6 +59,28 @@ def test_own_policy_reproduces_earlier_outputs_and_all_uses_every_module(stack, 
         stack.use("some")
 
 
+def test_route_policy_enables_the_modules_whose_phrases_the_prompt_names(stack, tiny_host, tmp_path):
+    plain = _outputs(tiny_host)
+    first = stack.push(build_module("adapter", task="base"))
+    first.phrases = ("red circle", "blue square")
+    _perturb(first)
+    after_first = _outputs(tiny_host)
+    second = stack.push(build_module("sdpt", task="aquarium"))
+    second.phrases = ("fish", "crab")
+    _perturb(second)
+    both = _outputs(tiny_host)
+    with stack.using("route", phrases=["blue square"]):
+        assert first.enabled and not second.enabled and _same(_outputs(tiny_host), after_first)
+    with stack.using("route", phrases=["crab", "kite"]):  # and what the aquarium module was trained on top of
+        assert first.enabled and second.enabled and _same(_outputs(tiny_host), both)
+    with stack.using("route", phrases=["kite"]):  # no known phrase: the plain host
+        assert not first.enabled and not second.enabled and _same(_outputs(tiny_host), plain)
+    save_module(second, tmp_path / "aquarium", tiny_host)
+    loaded = load_module(tmp_path / "aquarium", tiny_host)
+    loaded.detach()
+    assert loaded.phrases == ("fish", "crab")  # recorded in meta.json
+
+
 def test_training_a_new_module_leaves_host_and_earlier_modules_bit_identical(stack, tiny_host):
     first = stack.push(build_module("lora", task="base"))
     _perturb(first)
