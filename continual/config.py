@@ -77,6 +77,7 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when present
     seed: int = 0
     policy: str = "all"  # composition at evaluation: all | own | route
+    route_threshold: Optional[float] = None  # route: also match phrases this similar (cosine); None: exact only
     evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
     held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
     eval_batch_size: int = 16
@@ -220,6 +221,9 @@ def validate(cfg: RunConfig, where: str) -> None:
 
     if cfg.policy not in POLICIES:
         raise ConfigError(f"{where}: policy must be one of {POLICIES}, got {cfg.policy!r}")
+    if cfg.route_threshold is not None and not (-1 <= cfg.route_threshold <= 1 and cfg.policy == "route"):
+        raise ConfigError(f"{where}: route_threshold is a cosine similarity in [-1, 1] for policy route, got "
+                          f"{cfg.route_threshold} with policy {cfg.policy!r}")
     if cfg.evaluate not in EVALUATE:
         raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

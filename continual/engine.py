@@ -294,7 +294,7 @@ class StreamRun:
     def _session(self, text_log):
         """Strategy, stack and plugins of this run; the stack is cleared and TensorBoard closed at the end."""
         cfg, host = self.ws.cfg, self.ws.host
-        stack = Stack(host)
+        stack = Stack(host, cfg.route_threshold)
         record = RecordPlugin(self.ws.progress)
         metric = TaskMetric()
         stacking = StackingPlugin(stack, cfg.policy)

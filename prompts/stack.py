@@ -5,15 +5,19 @@ Policies at evaluation:
 - ``own``: only the evaluated task's modules and the ones they were trained
   on top of (task-aware; an earlier task then sees exactly what it saw when it
   was trained, so it cannot forget);
-- ``route``: the modules whose tasks' phrases the prompt names (exact match),
-  and the ones they were trained on top of (task-agnostic: a grounding prompt
-  always carries its class names, as in DitHub); a prompt that names no known
-  phrase runs on the plain host.
+- ``route``: the modules whose tasks' phrases the prompt names (exact match;
+  with ``route_threshold``, also a phrase whose frozen text embedding has cosine
+  similarity >= the threshold with one of theirs: new wording), and the ones
+  they were trained on top of (task-agnostic: a grounding prompt always carries
+  its class names, as in DitHub); a prompt that names no known phrase runs on
+  the plain host.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+
+import torch
 
 from continual.digest import tensor_digest
 from prompts.base import MethodError, PeftModule
@@ -28,9 +32,10 @@ class StackEntry:
 
 
 class Stack:
-    def __init__(self, host):
-        self.host = host
+    def __init__(self, host, route_threshold: float | None = None):
+        self.host, self.route_threshold = host, route_threshold
         self.entries: list[StackEntry] = []
+        self._embeddings: dict[str, torch.Tensor] = {}  # phrase -> unit vector from the plain host's text side
 
     @property
     def modules(self) -> list[PeftModule]:
@@ -63,9 +68,8 @@ class Stack:
         if policy == "all":
             active = set(range(len(self.entries)))
         else:
-            named = set(phrases)
             chosen = [i for i, e in enumerate(self.entries)
-                      if (e.module.task == task if policy == "own" else named & set(e.module.phrases))]
+                      if (e.module.task == task if policy == "own" else self._names(phrases, e.module.phrases))]
             active = set(chosen).union(*(self.entries[i].below for i in chosen))
         # Off first, then on: modules such as full_ft swap weights on change.
         for i, entry in enumerate(self.entries):
@@ -73,6 +77,24 @@ class Stack:
                 entry.module.enabled = False
         for i in sorted(active):
             self.entries[i].module.enabled = True
+
+    def _names(self, prompt, known) -> bool:
+        """Whether a prompt's phrases name any of a module's: the same phrase, or (with a threshold) one
+        whose embedding is at least that similar."""
+        if set(prompt) & set(known):
+            return True
+        if self.route_threshold is None or not prompt or not known:
+            return False
+        similarity = self._embedded(prompt) @ self._embedded(known).T  # cosines of unit vectors
+        return bool((similarity >= self.route_threshold).any())
+
+    def _embedded(self, phrases) -> torch.Tensor:
+        new = [p for p in dict.fromkeys(phrases) if p not in self._embeddings]
+        if new:
+            with self.using("route"):  # no phrase named: every module off, the frozen text side alone
+                vectors = torch.nn.functional.normalize(self.host.phrase_embeddings(new).float().cpu(), dim=-1)
+            self._embeddings.update(zip(new, vectors))
+        return torch.stack([self._embeddings[p] for p in phrases])
 
     @contextlib.contextmanager
     def using(self, policy: str, task: str | None = None, phrases=()):

@@ -57,6 +57,8 @@ BAD = {
     "out of range": (GOOD + "train: {batch_size: 0}\n", [], "train.batch_size must be > 0"),
     "negative lr in a step": (GOOD.replace("steps: 7", "lr: -1"), [], "stream.1.train.lr must be > 0"),
     "unknown policy": (GOOD + "policy: some\n", [], "policy must be one of"),
+    "route threshold without route": (GOOD + "route_threshold: 0.8\n", [],
+                                      "route_threshold is a cosine similarity in [-1, 1] for policy route"),
     "unknown method": (GOOD.replace("method: sdpt", "method: sdtp"), [], "unknown method 'sdtp'; did you mean 'sdpt'"),
     "bad method config": (GOOD.replace("k: 4", "kk: 4"), [], "stream.1.config: sdpt: unknown config key"),
     "unknown task": (GOOD.replace("{task: base", "{task: bsae"), [], "unknown task 'bsae'; did you mean 'base'"),

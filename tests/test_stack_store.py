@@ -79,6 +79,19 @@ def test_route_policy_enables_the_modules_whose_phrases_the_prompt_names(stack, 
     loaded = load_module(tmp_path / "aquarium", tiny_host)
     loaded.detach()
     assert loaded.phrases == ("fish", "crab")  # recorded in meta.json
+    stack.route_threshold = 0.75  # new wording: MiniLM puts fish~fishes at 0.89, fish~crab at 0.54
+    with stack.using("route", phrases=["fishes"]):
+        assert first.enabled and second.enabled and _same(_outputs(tiny_host), both)
+    with stack.using("route", phrases=["kite"]):
+        assert not first.enabled and not second.enabled
+
+
+@pytest.mark.parametrize("fixture", ["tiny_host", "tiny_clip_host", "tiny_vilt_host"])
+def test_every_host_embeds_phrases_for_routing_by_similarity(fixture, request):
+    host = request.getfixturevalue(fixture)
+    vectors = torch.nn.functional.normalize(host.phrase_embeddings(["fish", "fishes", "kite"]), dim=-1)
+    assert vectors.shape[0] == 3 and torch.isfinite(vectors).all()
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
 
 
 def test_training_a_new_module_leaves_host_and_earlier_modules_bit_identical(stack, tiny_host):

@@ -254,6 +254,20 @@ class Host(nn.Module):
         """(total loss, detached parts) of a training batch."""
         raise NotImplementedError
 
+    def phrase_embeddings(self, phrases: list[str]) -> torch.Tensor:
+        """(P, D): one vector per phrase from the host's frozen text side, to compare wordings (policy
+        `route` with a similarity threshold). Call it with no module on."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _mean_pooled(self, phrases: list[str], encode) -> torch.Tensor:
+        """Each phrase tokenised alone and ``encode(tokens)`` (P, L, D) averaged over its tokens."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(list(phrases), padding=True, return_tensors="pt").to(device)
+        hidden = encode(tokens).float()
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
     def predict(self, batch: Batch) -> list[dict]:
         """Per image: ``boxes``/``scores``/``labels`` (detection) or ``scores`` over classes (classification)."""
         raise NotImplementedError

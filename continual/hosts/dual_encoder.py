@@ -197,6 +197,11 @@ class DualEncoderHost(Host):
                     raise DataError(f"class sentence {template.format(phrase)!r} is {length} tokens, longer than "
                                     f"the text tower's limit of {limit}")
 
+    @torch.no_grad()
+    def phrase_embeddings(self, phrases: list[str]) -> torch.Tensor:
+        """The text tower's class features of the bare phrases."""
+        return self.text_features(list(phrases), "{}")
+
     def text_features(self, phrases, template: str | tuple[str, ...]) -> torch.Tensor:
         """(C, D) unit-norm class features, averaged over the templates (CLIP's prompt ensembling;
         learned context replaces the template, so then one sentence per class)."""

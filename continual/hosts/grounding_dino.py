@@ -116,6 +116,10 @@ class GroundingDinoHost(Host):
         model = GroundingDinoForObjectDetection(t_size_config(image_size))
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:t-size")
 
+    def phrase_embeddings(self, phrases: list[str]) -> torch.Tensor:
+        """The text encoder's token states, mean-pooled (MiniLM's own sentence pooling)."""
+        return self._mean_pooled(phrases, lambda t: self.model.model.text_backbone(**t).last_hidden_state)
+
     def save_pretrained(self, folder: str | Path, include_text_backbone: bool = False) -> None:
         """HF layout; the text backbone is left out unless asked (it comes from its package)."""
         folder = Path(folder)

@@ -105,6 +105,11 @@ class ViltHost(Host):
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny-vilt-init",
                    text_from_package=True)
 
+    def phrase_embeddings(self, phrases: list[str]) -> torch.Tensor:
+        """Word embeddings, mean-pooled: ViLT has no text encoder of its own (its layers are joint)."""
+        words = self.model.vilt.embeddings.text_embeddings.word_embeddings
+        return self._mean_pooled(phrases, lambda t: words(t["input_ids"]))
+
     def save_pretrained(self, folder: str | Path) -> None:
         """HF layout; package word embeddings are left out (host.json says where they come from)."""
         folder = Path(folder)
