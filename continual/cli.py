@@ -147,6 +147,10 @@ def cmd_train(args) -> int:
 def _print_run(run_dir: Path) -> None:
     from evaluation.report import compat_rows, load_runs, run_report, study_report
 
+    if (run_dir / "summary.json").is_file():  # a run over seeds
+        print((run_dir / "report.md").read_text().strip())
+        print(f"\nreport: {run_dir / 'report.md'}")
+        return
     runs = load_runs(run_dir)
     if (run_dir / "results.json").is_file():
         report = run_report(next(iter(runs.values())))

@@ -76,6 +76,7 @@ class RunConfig:
     host: str = "builtin:tiny-base"
     device: str = "auto"  # auto: cuda when present
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)  # run the whole config once per seed (train seed), summarised
     policy: str = "all"  # composition at evaluation: all | own | route
     route_threshold: Optional[float] = None  # route: also match phrases this similar (cosine); None: exact only
     evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
@@ -221,6 +222,8 @@ def validate(cfg: RunConfig, where: str) -> None:
 
     if cfg.policy not in POLICIES:
         raise ConfigError(f"{where}: policy must be one of {POLICIES}, got {cfg.policy!r}")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"{where}: seeds must be distinct, got {cfg.seeds}")
     if cfg.route_threshold is not None and not (-1 <= cfg.route_threshold <= 1 and cfg.policy == "route"):
         raise ConfigError(f"{where}: route_threshold is a cosine similarity in [-1, 1] for policy route, got "
                           f"{cfg.route_threshold} with policy {cfg.policy!r}")

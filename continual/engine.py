@@ -46,6 +46,7 @@ from tasks.worlds import WorldSizes
 log = logging.getLogger(__name__)
 
 STATE, RESULTS, TIMING, CONFIG, CHECKPOINT = "state.json", "results.json", "timing.json", "config.yaml", "checkpoint.pt"
+SUMMARY = "summary.json"  # of a run over seeds
 
 
 class RunError(RuntimeError):
@@ -482,7 +483,12 @@ def record_config(run_dir: Path, config_text: str, previous: str | None) -> None
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Run every stream of the config (the unfinished steps, with ``resume``); returns the run folder."""
+    """Run every stream of the config (the unfinished steps, with ``resume``); returns the run folder.
+    With ``seeds``: once per seed, then the summary over seeds (continual.seeds)."""
+    if cfg.seeds:
+        from continual.seeds import run_seeds
+
+        return run_seeds(cfg, resume, overwrite, progress)
     run_dir = Path(cfg.run_dir)
     previous = prepare_run_dir(run_dir, resume, overwrite)
     with run_log(run_dir):  # what loading the data skipped goes to run.log too
@@ -502,6 +508,13 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
 def rebuild_reports(run_dir: Path) -> dict[str, dict]:
     """Rewrite report.md and the plots of a run folder (or a study's) from its results.json files."""
     run_dir = Path(run_dir)
+    if (run_dir / SUMMARY).is_file():  # a run over seeds: each seed's folder, then the summary
+        from continual.seeds import seed_folder, write_summary
+
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        runs = {seed: rebuild_reports(seed_folder(run_dir, seed)) for seed in summary["seeds"]}
+        write_summary(run_dir, summary["name"], summary["seeds"], "compat" in summary)
+        return runs
     runs = load_runs(run_dir)
     if (run_dir / RESULTS).is_file():
         atomic.write_files(run_dir, run_outputs(next(iter(runs.values()))))

@@ -9,7 +9,7 @@ from evaluation.plots import matrix_heatmap, retention_scatter
 METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy", "vqa_accuracy": "VQA accuracy"}
 
 
-def _f(value, digits: int = 3) -> str:
+def fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -51,8 +51,8 @@ def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
 
 def run_report(results: dict) -> str:
     tasks, d, metric = results["tasks"], results["derived"], metric_label(results)
-    matrix_rows = [["zero-shot", *map(_f, results["zero_shot"])]]
-    matrix_rows += [[f"after {t} ({m})", *map(_f, row)]
+    matrix_rows = [["zero-shot", *map(fmt, results["zero_shot"])]]
+    matrix_rows += [[f"after {t} ({m})", *map(fmt, row)]
                     for t, m, row in zip(tasks, results["methods"], results["matrix"])]
     parts = [
         f"# Run `{results['name']}`",
@@ -65,23 +65,23 @@ def run_report(results: dict) -> str:
         *_not_evaluated_note(results),
         "## Derived metrics",
         markdown_table(["final average", "BWT", "FWT", f"old {metric}", f"new {metric}", "harmonic mean (old, new)"],
-                       [[_f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]), _f(d["new_metric"]),
-                         _f(d["hap"])]]),
+                       [[fmt(d["final_average"]), fmt(d["bwt"]), fmt(d["fwt"]), fmt(d["old_metric"]), fmt(d["new_metric"]),
+                         fmt(d["hap"])]]),
         markdown_table(["task", "retention", "forgetting"],
-                       [[t, _f(d["retention"][t]), _f(d["forgetting"][t])] for t in tasks]),
+                       [[t, fmt(d["retention"][t]), fmt(d["forgetting"][t])] for t in tasks]),
     ]
     if results["held_out"]:
         hap = d.get("held_out_hap", {})
         parts += ["## Held-out tasks (never trained)",
                   markdown_table(["task", "zero-shot", "after the stream", "zero-shot retention",
                                   "hAP with the final average"],
-                                 [[t, _f(v["zero_shot"]), _f(v["final"]), _f(d["zero_shot_retention"][t]),
-                                   _f(hap.get(t))] for t, v in results["held_out"].items()])]
+                                 [[t, fmt(v["zero_shot"]), fmt(v["final"]), fmt(d["zero_shot_retention"][t]),
+                                   fmt(hap.get(t))] for t, v in results["held_out"].items()])]
     parts += _data_notes(results)
     parts += ["## Modules",
               markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
                              [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
-                               _f(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
+                               fmt(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
                               for m in results["modules"]]),
               "![results matrix](plots/matrix.png)"]
     return "\n\n".join(parts) + "\n"
@@ -115,8 +115,8 @@ def study_report(name: str, rows: list[dict]) -> str:
     metric = metrics.pop() if len(metrics) == 1 else "metric"
     table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
                             "hAP"],
-                           [[r["setting"], r["old_task"], _f(r["old_metric"]), r["new_task"], _f(r["new_metric"]),
-                             _f(r["old_retention"]), _f(r["hap"])] for r in rows])
+                           [[r["setting"], r["old_task"], fmt(r["old_metric"]), r["new_task"], fmt(r["new_metric"]),
+                             fmt(r["old_retention"]), fmt(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
             f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
@@ -151,13 +151,27 @@ def load_runs(run_dir: Path) -> dict[str, dict]:
 
 
 def comparison(run_dirs: list[Path]) -> str:
+    """One row per run (per setting of a study); a run over seeds gives mean ± 95% interval per figure."""
+    from evaluation.seeds import stat
+
     rows = []
     for run_dir in run_dirs:
+        summary_file = Path(run_dir) / "summary.json"
+        if summary_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            one = load_runs(Path(run_dir) / f"seed-{summary['seeds'][0]}")
+            for name, stream in summary["streams"].items():
+                d, r = stream["derived"], one[name]
+                rows.append([f"{run_dir}/{name}" if len(one) > 1 else f"{run_dir} (seeds {summary['seeds']})",
+                             " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
+                             metric_label(r), *(stat(d[k]) for k in ("final_average", "bwt", "fwt", "old_metric",
+                                                                     "new_metric", "hap"))])
+            continue
         runs = load_runs(run_dir)
         for name, r in runs.items():
             d = r["derived"]
             label = str(run_dir) if len(runs) == 1 else f"{run_dir}/{name}"
             rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
-                         metric_label(r), _f(d["final_average"]), _f(d["bwt"]), _f(d["fwt"]), _f(d["old_metric"]),
-                         _f(d["new_metric"]), _f(d["hap"])])
+                         metric_label(r), fmt(d["final_average"]), fmt(d["bwt"]), fmt(d["fwt"]), fmt(d["old_metric"]),
+                         fmt(d["new_metric"]), fmt(d["hap"])])
     return markdown_table(["run", "stream", "policy", "metric", "final avg", "BWT", "FWT", "old", "new", "hAP"], rows)

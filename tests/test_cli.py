@@ -1,6 +1,7 @@
 """The command line, as users and outside checks call it: in process (``main([...])``), and once
 through the real console script."""
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -165,17 +166,27 @@ def test_pretrain_refuses_unknown_stages_and_keys(_run, tmp_path, args, message)
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_run_smoke_config_then_report_and_compare(_run, tmp_path):
+def test_run_smoke_config_over_seeds_then_report_and_compare(_run, tmp_path):
     run_dir = tmp_path / "smoke"
-    out = _run("run", SMOKE, f"run_dir={run_dir}", "--resume")  # --resume into a missing folder: a full run
+    out = _run("run", SMOKE, f"run_dir={run_dir}", "seeds=[0,1]", "--resume")  # --resume into a missing folder
     assert out.returncode == 0, out.stderr[-2000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert len(results["matrix"]) == 2 and "derived" in results
-    assert "report:" in out.stdout and "| zero-shot |" in out.stdout
+    per_seed = [json.loads((run_dir / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert all(len(r["matrix"]) == 2 for r in per_seed) and per_seed[0]["losses"] != per_seed[1]["losses"]
+    assert per_seed[0]["metrics"]["zero_shot"] == per_seed[1]["metrics"]["zero_shot"]  # the same data
+    derived = json.loads((run_dir / "summary.json").read_text())["streams"]["smoke"]["derived"]
+    for key in ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap"):
+        values = [r["derived"][key] for r in per_seed]
+        assert derived[key]["values"] == values and derived[key]["mean"] == pytest.approx(sum(values) / 2)
+        half = 12.7062047 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1 degree of freedom)
+        assert derived[key]["interval"] == pytest.approx(half, rel=1e-6)
+    assert derived["retention"]["base"]["values"] == [r["derived"]["retention"]["base"] for r in per_seed]
+    assert "report:" in out.stdout and "| final_average |" in out.stdout and " ± " in out.stdout
     (run_dir / "report.md").unlink()
-    assert _run("report", str(run_dir)).returncode == 0 and (run_dir / "report.md").is_file()
-    compare = _run("compare", str(run_dir), str(run_dir))
-    assert compare.returncode == 0 and compare.stdout.count("smoke") >= 2
+    (run_dir / "seed-1" / "report.md").unlink()
+    assert _run("report", str(run_dir)).returncode == 0
+    assert (run_dir / "report.md").is_file() and (run_dir / "seed-1" / "report.md").is_file()
+    compare = _run("compare", str(run_dir), str(run_dir / "seed-0"))
+    assert compare.returncode == 0 and compare.stdout.count(" ± ") >= 6 and "seed-0" in compare.stdout
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -57,6 +57,7 @@ BAD = {
     "out of range": (GOOD + "train: {batch_size: 0}\n", [], "train.batch_size must be > 0"),
     "negative lr in a step": (GOOD.replace("steps: 7", "lr: -1"), [], "stream.1.train.lr must be > 0"),
     "unknown policy": (GOOD + "policy: some\n", [], "policy must be one of"),
+    "seeds twice": (GOOD + "seeds: [0, 0]\n", [], "seeds must be distinct, got [0, 0]"),
     "route threshold without route": (GOOD + "route_threshold: 0.8\n", [],
                                       "route_threshold is a cosine similarity in [-1, 1] for policy route"),
     "unknown method": (GOOD.replace("method: sdpt", "method: sdtp"), [], "unknown method 'sdtp'; did you mean 'sdpt'"),

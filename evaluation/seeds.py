@@ -1,0 +1,80 @@
+"""A config run over several seeds: every derived metric (and every compatibility row's figure) as a mean
+with the half-width of its 95% interval (t distribution over seeds) beside the per-seed values.
+
+summary.json: {"name", "seeds", "streams": {stream: {"derived": {metric: STAT or {task: STAT}}}},
+"compat": [row with STAT figures] (studies)}, STAT = {"mean", "interval", "values"}; a metric a seed left
+empty (None) has mean and interval None.
+"""
+from __future__ import annotations
+
+import json
+
+from evaluation.report import compat_rows, fmt, markdown_table
+from evaluation.summary import mean_interval
+
+COMPAT_FIGURES = ("old_metric", "new_metric", "old_retention", "hap")
+
+
+def over_seeds(values: list) -> dict:
+    """{"mean", "interval", "values"} of one figure across seeds (None where any seed has none)."""
+    if any(v is None for v in values):
+        return {"mean": None, "interval": None, "values": values}
+    centre, half = mean_interval(values)
+    return {"mean": centre, "interval": half, "values": values}
+
+
+def _summarise(per_seed: list):
+    """Scalars become STATs; mappings are summarised key by key."""
+    if isinstance(per_seed[0], dict):
+        return {k: _summarise([d.get(k) for d in per_seed]) for k in per_seed[0]}
+    return over_seeds(per_seed)
+
+
+def seeds_summary(name: str, runs: dict[int, dict[str, dict]], study: bool) -> dict:
+    """``runs``: {seed: {stream: results.json}} -> summary.json's content."""
+    seeds = sorted(runs)
+    streams = list(runs[seeds[0]])
+    summary = {"name": name, "seeds": seeds, "streams": {
+        s: {"tasks": runs[seeds[0]][s]["tasks"], "derived": _summarise([runs[k][s]["derived"] for k in seeds])}
+        for s in streams}}
+    if study:
+        rows = {k: compat_rows(runs[k]) for k in seeds}
+        summary["compat"] = [{**{k: v for k, v in row.items() if k not in COMPAT_FIGURES},
+                              **{f: over_seeds([rows[k][i][f] for k in seeds]) for f in COMPAT_FIGURES}}
+                             for i, row in enumerate(rows[seeds[0]])]
+    return summary
+
+
+def stat(s: dict) -> str:
+    """``mean ± half-width`` (the interval left out where there is none)."""
+    if s["mean"] is None:
+        return "–"
+    return fmt(s["mean"]) + (f" ± {fmt(s['interval'])}" if s["interval"] is not None else "")
+
+
+def seeds_report(summary: dict) -> str:
+    seeds = summary["seeds"]
+    parts = [f"# `{summary['name']}` over seeds {', '.join(map(str, seeds))}",
+             "Mean ± half-width of the 95% interval (t distribution over seeds); each seed's run is in "
+             "`seed-N/`. The seed sets the data order and the modules' initialisation; the data stay the same."]
+    if "compat" in summary:
+        parts += ["## Settings", markdown_table(
+            ["setting", "old task", "old", "new task", "new", "old retention", "hAP"],
+            [[r["setting"], r["old_task"], stat(r["old_metric"]), r["new_task"], stat(r["new_metric"]),
+              stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]])]
+    for name, stream in summary["streams"].items():
+        d = stream["derived"]
+        rows = [[key, stat(d[key]), ", ".join(fmt(v) for v in d[key]["values"])]
+                for key in ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap")]
+        rows += [[f"{what} {task}", stat(d[what][task]), ", ".join(fmt(v) for v in d[what][task]["values"])]
+                 for what in ("retention", "forgetting") for task in stream["tasks"]]
+        parts += [f"## `{name}`", markdown_table(["metric", "mean ± 95%", "per seed"], rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def seeds_outputs(summary: dict) -> dict[str, str]:
+    """summary.json, report.md and, for a study, compat.json with the rows' figures over seeds."""
+    files = {"summary.json": json.dumps(summary, indent=2) + "\n", "report.md": seeds_report(summary)}
+    if "compat" in summary:
+        files["compat.json"] = json.dumps(summary["compat"], indent=2) + "\n"
+    return files
