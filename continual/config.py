@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from continual.training import TrainConfig
+from evaluation.summary import swept_setting
 
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
 EVALUATE = ("stream", "seen")
@@ -91,14 +92,34 @@ class RunConfig:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     stream: list[StepConfig] = field(default_factory=list)
     settings: dict[str, list[StepConfig]] = field(default_factory=dict)
+    lr_sweep: list[float] = field(default_factory=list)  # frontier: each setting's last module at these multiples
+    # of its own learning rate (its step's, the run's train.lr, or the method's default)
 
     def streams(self) -> dict[str, list[StepConfig]]:
-        """Named streams: the settings of a study, or the one stream under the run's name."""
-        return dict(self.settings) if self.settings else {self.name: list(self.stream)}
+        """Named streams: the settings of a study, or the one stream under the run's name; with ``lr_sweep``,
+        each of them once per multiple of its last step's learning rate (a step that trains nothing is not
+        swept)."""
+        streams = dict(self.settings) if self.settings else {self.name: list(self.stream)}
+        if not self.lr_sweep:
+            return streams
+        from prompts import METHODS
+
+        swept = {}
+        for name, steps in streams.items():
+            last = steps[-1]
+            if last.method == NO_MODULE or last.method not in METHODS:  # (an unknown method: validate names it)
+                swept[name] = steps
+                continue
+            own = last.train.get("lr") or self.train.lr or METHODS[last.method].default_lr
+            for factor in self.lr_sweep:
+                lr = float(f"{own * factor:.6g}")  # 0.3 x 0.1 is 0.03, not 0.030000000000000002
+                swept[swept_setting(name, lr)] = [*steps[:-1], dataclasses.replace(last, train={**last.train,
+                                                                                                  "lr": lr})]
+        return swept
 
     @property
     def is_study(self) -> bool:
-        return bool(self.settings)
+        return bool(self.settings or self.lr_sweep)
 
 
 def _nearest(key: str, valid) -> str:
@@ -222,6 +243,9 @@ def validate(cfg: RunConfig, where: str) -> None:
 
     if cfg.policy not in POLICIES:
         raise ConfigError(f"{where}: policy must be one of {POLICIES}, got {cfg.policy!r}")
+    if any(lr <= 0 for lr in cfg.lr_sweep) or len(set(cfg.lr_sweep)) != len(cfg.lr_sweep):
+        raise ConfigError(f"{where}: lr_sweep must be distinct factors > 0 of each last step's learning rate, "
+                          f"got {cfg.lr_sweep}")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"{where}: seeds must be distinct, got {cfg.seeds}")
     if cfg.route_threshold is not None and not (-1 <= cfg.route_threshold <= 1 and cfg.policy == "route"):

@@ -54,6 +54,23 @@ def retention_scatter(points: list[dict], title: str) -> bytes:
     ax.set_title(title)
     return _png(fig)
 
+def frontier_plot(rows: list[dict], title: str) -> bytes:
+    """The retention-plasticity frontier: per swept setting, a line through its learning rates with
+    x = the new task's metric and y = old-task retention, each point labelled with its rate."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for setting in dict.fromkeys(r["swept"] for r in rows if r["swept"]):
+        points = sorted((r["lr"], r["new_metric"], r["old_retention"]) for r in rows if r["swept"] == setting
+                        and r["new_metric"] is not None and r["old_retention"] is not None)
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", ms=4, lw=1.2, label=setting)
+        for lr, x, y in points:
+            ax.annotate(f"{lr:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    metrics = {r["metric"] for r in rows}
+    ax.set_xlabel(f"new-task {metrics.pop() if len(metrics) == 1 else 'metric'}")
+    ax.set_ylabel("old-task retention (final / when learned)")
+    ax.set_title(f"{title}: learning rate swept")
+    ax.legend(fontsize=7)
+    return _png(fig)
 
 
 def accuracy_against_shots(panels: dict[str, dict], methods: list[str], labels: list[str], shots: list,

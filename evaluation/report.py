@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.plots import matrix_heatmap, retention_scatter
+from evaluation.plots import frontier_plot, matrix_heatmap, retention_scatter
+from evaluation.summary import SWEPT
 
 METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy", "vqa_accuracy": "VQA accuracy"}
 
@@ -43,7 +44,9 @@ def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
         d = r["derived"]
         old = r["tasks"][:-1]
         kept = [d["retention"][t] for t in old if d["retention"][t] is not None]
-        rows.append({"setting": setting, "metric": metric_label(r), "old_task": "+".join(old),
+        rows.append({"setting": setting, "swept": setting.split(SWEPT)[0] if SWEPT in setting else None,
+                     "lr": r["modules"][-1]["train"]["lr"] if r["methods"][-1] != "none" else None,
+                     "metric": metric_label(r), "old_task": "+".join(old),
                      "new_task": r["tasks"][-1], "old_metric": d["old_metric"], "new_metric": d["new_metric"],
                      "old_retention": sum(kept) / len(kept) if kept else None, "hap": d["hap"]})
     return rows
@@ -118,9 +121,19 @@ def study_report(name: str, rows: list[dict]) -> str:
                            [[r["setting"], r["old_task"], fmt(r["old_metric"]), r["new_task"], fmt(r["new_metric"]),
                              fmt(r["old_retention"]), fmt(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
+    frontier = ""
+    if any(r["swept"] for r in rows):
+        swept = sorted((r for r in rows if r["swept"]), key=lambda r: (r["swept"], r["lr"]))
+        frontier = ("## Retention-plasticity frontier\n\nEach setting's last module trained at every rate of "
+                    "`lr_sweep`: compare methods at equal new-task metric, not at one rate.\n\n"
+                    + markdown_table(["setting", "lr", f"new {metric}", "old retention"],
+                                     [[r["swept"], f"{r['lr']:g}", fmt(r["new_metric"]), fmt(r["old_retention"])]
+                                      for r in swept])
+                    + "\n\n![frontier](plots/frontier.png)\n\n")
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
             f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
-            f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n## Settings\n\n{links}\n")
+            f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n{frontier}"
+            f"## Settings\n\n{links}\n")
 
 
 def run_outputs(results: dict) -> dict[str, bytes | str]:
@@ -129,10 +142,14 @@ def run_outputs(results: dict) -> dict[str, bytes | str]:
 
 
 def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, bytes | str]:
-    """Files of a study folder: compat.json (one row per setting), the scatter plot, report.md."""
+    """Files of a study folder: compat.json (one row per setting), the scatter plot, report.md (and the
+    frontier plot of an lr sweep)."""
     rows = compat_rows(results_by_setting)
-    return {"compat.json": json.dumps(rows, indent=2) + "\n",
-            "plots/retention_vs_new.png": retention_scatter(rows, name), "report.md": study_report(name, rows)}
+    files = {"compat.json": json.dumps(rows, indent=2) + "\n",
+             "plots/retention_vs_new.png": retention_scatter(rows, name), "report.md": study_report(name, rows)}
+    if any(r["swept"] for r in rows):
+        files["plots/frontier.png"] = frontier_plot(rows, name)
+    return files
 
 
 def load_runs(run_dir: Path) -> dict[str, dict]:

@@ -11,6 +11,13 @@ from evaluation.forgetting import (MetricsError, backward_transfer, check_matrix
                                    forgetting, forward_transfer, harmonic_mean, retention, zero_shot_retention)
 
 
+SWEPT = "@lr="  # the name of a setting of an lr sweep: SETTING@lr=RATE
+
+
+def swept_setting(setting: str, lr: float) -> str:
+    return f"{setting}{SWEPT}{lr:g}"
+
+
 def _or_none(fn, *args):
     try:
         return fn(*args)

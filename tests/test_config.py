@@ -58,6 +58,8 @@ BAD = {
     "negative lr in a step": (GOOD.replace("steps: 7", "lr: -1"), [], "stream.1.train.lr must be > 0"),
     "unknown policy": (GOOD + "policy: some\n", [], "policy must be one of"),
     "seeds twice": (GOOD + "seeds: [0, 0]\n", [], "seeds must be distinct, got [0, 0]"),
+    "lr sweep with a factor of 0": (GOOD + "lr_sweep: [0.1, 0]\n", [],
+                                    "lr_sweep must be distinct factors > 0 of each last step's learning rate"),
     "route threshold without route": (GOOD + "route_threshold: 0.8\n", [],
                                       "route_threshold is a cosine similarity in [-1, 1] for policy route"),
     "unknown method": (GOOD.replace("method: sdpt", "method: sdtp"), [], "unknown method 'sdtp'; did you mean 'sdpt'"),

@@ -154,6 +154,20 @@ settings:
     assert settings == ["a+none", "a+sdpt", "a+adapter"]
 
 
+def test_lr_sweep_trains_the_last_module_at_each_rate_and_plots_the_frontier(tmp_path):
+    run_dir = tmp_path / "sweep"
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "lr_sweep=[0.1,1]", "train.steps=2"]), progress=False)
+    rows = json.loads((run_dir / "compat.json").read_text())  # SDPT's own rate 0.3, times 0.1 and 1
+    assert [(r["setting"], r["swept"], r["lr"]) for r in rows] == [("smoke@lr=0.03", "smoke", 0.03),
+                                                                  ("smoke@lr=0.3", "smoke", 0.3)]
+    second = json.loads((run_dir / "smoke@lr=0.3" / "results.json").read_text())
+    assert [m["train"]["lr"] for m in second["modules"]] == [0.003, 0.3]  # the first step at its own rate
+    assert second["modules"][0]["reused_from"] == "smoke@lr=0.03"  # trained once for both
+    report = (run_dir / "report.md").read_text()
+    assert "## Retention-plasticity frontier" in report and "| smoke | 0.3 |" in report
+    assert (run_dir / "plots" / "frontier.png").is_file()
+
+
 def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_and_key(smoke):
     run_dir = smoke[0]
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"}
