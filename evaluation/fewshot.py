@@ -5,7 +5,7 @@ from __future__ import annotations
 from statistics import mean
 
 from evaluation.plots import accuracy_against_shots
-from evaluation.report import markdown_table
+from evaluation.report import fmt_interval, markdown_table
 from evaluation.summary import mean_interval
 
 def shots_label(shots: int | None) -> str:
@@ -40,10 +40,7 @@ def summary(cells: list[dict], methods: list[str], shots: list, task: str | None
 
 
 def _cell(entry) -> str:
-    if entry is None:
-        return "–"
-    centre, half, _ = entry
-    return f"{centre:.3f}" if half is None else f"{centre:.3f} ± {half:.3f}"
+    return "–" if entry is None else fmt_interval(entry[0], entry[1])
 
 
 def _markdown(table: dict, methods: list[str], shots: list) -> str:

@@ -14,6 +14,11 @@ def fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_interval(centre, half) -> str:
+    """``mean ± half-width`` of a 95% interval ("–" for no mean; the interval left out where there is none)."""
+    return fmt(centre) if centre is None or half is None else f"{fmt(centre)} ± {fmt(half)}"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from evaluation.report import compat_rows, fmt, markdown_table
+from evaluation.report import compat_rows, fmt, fmt_interval, markdown_table
 from evaluation.summary import mean_interval
 
 COMPAT_FIGURES = ("old_metric", "new_metric", "old_retention", "hap")
@@ -46,10 +46,7 @@ def seeds_summary(name: str, runs: dict[int, dict[str, dict]], study: bool) -> d
 
 
 def stat(s: dict) -> str:
-    """``mean ± half-width`` (the interval left out where there is none)."""
-    if s["mean"] is None:
-        return "–"
-    return fmt(s["mean"]) + (f" ± {fmt(s['interval'])}" if s["interval"] is not None else "")
+    return fmt_interval(s["mean"], s["interval"])
 
 
 def seeds_report(summary: dict) -> str:
