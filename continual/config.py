@@ -76,7 +76,6 @@ class RunConfig:
     run_dir: str = "runs/${name}"
     host: str = "builtin:tiny-base"
     device: str = "auto"  # auto: cuda when present
-    seed: int = 0
     seeds: list[int] = field(default_factory=list)  # run the whole config once per seed (train seed), summarised
     policy: str = "all"  # composition at evaluation: all | own | route
     route_threshold: Optional[float] = None  # route: also match phrases this similar (cosine); None: exact only
