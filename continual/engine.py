@@ -197,10 +197,8 @@ class StreamRun:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def step_key(self, index: int) -> str:
-        history = [{"task": s.task, "method": s.method, "config": dict(s.config),
-                    "train": asdict(self.train_configs[i]) if i in self.train_configs else None}
-                   for i, s in enumerate(self.steps[:index + 1])]
-        return self.ws.key("step", history)
+        """Identity of step ``index`` and what it evaluates (a study reuses a step only when this matches)."""
+        return self.ws.key("step", [self.step_identity(i) for i in range(index + 1)])
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> dict:

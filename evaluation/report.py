@@ -172,6 +172,14 @@ def load_runs(run_dir: Path) -> dict[str, dict]:
     return {name: found[name] for name in order if name in found} | found
 
 
+COMPARED = ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap")
+
+
+def _comparison_row(label: str, results: dict, figures: list[str]) -> list[str]:
+    stream = " → ".join(f"{t}:{m}" for t, m in zip(results["tasks"], results["methods"]))
+    return [label, stream, results["policy"], metric_label(results), *figures]
+
+
 def comparison(run_dirs: list[Path]) -> str:
     """One row per run (per setting of a study); a run over seeds gives mean ± 95% interval per figure."""
     from evaluation.seeds import stat
@@ -181,19 +189,13 @@ def comparison(run_dirs: list[Path]) -> str:
         summary_file = Path(run_dir) / "summary.json"
         if summary_file.is_file():
             summary = json.loads(summary_file.read_text())
-            one = load_runs(Path(run_dir) / f"seed-{summary['seeds'][0]}")
+            first = load_runs(Path(run_dir) / f"seed-{summary['seeds'][0]}")  # the streams' tasks and methods
             for name, stream in summary["streams"].items():
-                d, r = stream["derived"], one[name]
-                rows.append([f"{run_dir}/{name}" if len(one) > 1 else f"{run_dir} (seeds {summary['seeds']})",
-                             " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
-                             metric_label(r), *(stat(d[k]) for k in ("final_average", "bwt", "fwt", "old_metric",
-                                                                     "new_metric", "hap"))])
+                label = f"{run_dir}/{name}" if len(first) > 1 else f"{run_dir} (seeds {summary['seeds']})"
+                rows.append(_comparison_row(label, first[name], [stat(stream["derived"][k]) for k in COMPARED]))
             continue
         runs = load_runs(run_dir)
         for name, r in runs.items():
-            d = r["derived"]
             label = str(run_dir) if len(runs) == 1 else f"{run_dir}/{name}"
-            rows.append([label, " → ".join(f"{t}:{m}" for t, m in zip(r["tasks"], r["methods"])), r["policy"],
-                         metric_label(r), fmt(d["final_average"]), fmt(d["bwt"]), fmt(d["fwt"]), fmt(d["old_metric"]),
-                         fmt(d["new_metric"]), fmt(d["hap"])])
+            rows.append(_comparison_row(label, r, [fmt(r["derived"][k]) for k in COMPARED]))
     return markdown_table(["run", "stream", "policy", "metric", "final avg", "BWT", "FWT", "old", "new", "hAP"], rows)

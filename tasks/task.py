@@ -15,7 +15,7 @@ from typing import Any
 
 from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
 from tasks.classification import load_classification
-from tasks.coco import CocoDetection, empty_supercategories, find_split, has_split
+from tasks.coco import CocoDetection, SkippedAnnotations, empty_supercategories, find_split, has_split
 from tasks.errors import DataError
 from tasks.vqa import load_vqa
 from tasks.worlds import WORLDS, WorldSizes, world_folder
@@ -39,7 +39,8 @@ class Task:
 
     def data_notes(self) -> list[str]:
         """What loading left out of the data (skipped annotations, categories kept out of the prompt)."""
-        notes = [f"task {self.name!r}: {s['summary']}" for s in self.record.get("skipped_annotations", {}).values()]
+        notes = [f"task {self.name!r}: {SkippedAnnotations(**s).summary()}"
+                 for s in self.record.get("skipped_annotations", {}).values()]
         if self.record.get("left_out_categories"):
             notes.append(f"task {self.name!r}: categories {self.record['left_out_categories']} have no box in any "
                          "split and are another category's supercategory; left out of the prompt "
@@ -107,8 +108,7 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
         if train and train.category_names != val.category_names:
             raise DataError(f"{root}: train and val have different categories ({train.category_names} vs "
                             f"{val.category_names})")
-        skipped = {split: {**asdict(d.skipped), "summary": d.skipped.summary()}
-                   for split, d in splits.items() if d.skipped.total}
+        skipped = {split: asdict(d.skipped) for split, d in splits.items() if d.skipped.total}
         left_out = [] if keep_supercategories else empty_supercategories(*splits.values())
         for data in splits.values():
             data.leave_out_categories({c["id"] for c in left_out})
