@@ -149,11 +149,13 @@ class PeftModule(nn.Module):
     def acts_inside(self, part: nn.Module) -> bool:
         """Whether this module changes anything computed inside ``part`` of the host (e.g. a frozen trunk).
 
-        Default: one of its hooks sits on ``part`` or below. Methods that act
+        Default: one of its hooks (or replaced forwards) sits on ``part`` or below. Methods that act
         otherwise (LoRA's injected layers, full fine-tuning's weights) override it.
         """
-        ids = {handle.id for handle in self._handles}
-        return any(ids & (m._forward_hooks.keys() | m._forward_pre_hooks.keys()) for m in part.modules())
+        ids = {handle.id for handle in self._handles if hasattr(handle, "id")}  # torch hooks
+        sites = {id(handle.site) for handle in self._handles if hasattr(handle, "site")}  # replaced forwards
+        return any(ids & (m._forward_hooks.keys() | m._forward_pre_hooks.keys()) or id(m) in sites
+                   for m in part.modules())
 
     def prepare(self, task) -> None:
         """Before this module trains on ``task`` (a tasks.task.Task): size task-dependent training

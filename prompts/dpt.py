@@ -49,7 +49,7 @@ from torch import nn
 
 from prompts.base import MethodError, PeftModule, check_at_least, register_method
 from prompts.coop import Coop, CoopConfig
-from prompts.tokens import append_to_sequence, extend_fusion, slice_fusion
+from prompts.tokens import FusionKeys, add_fusion_keys, append_to_sequence
 from prompts.vpt import VisualPromptTuning, VptConfig, block_width
 
 GENERAL_KNOWLEDGE_MAIN_WEIGHT = 0.1  # the prompted-image-vs-prompted-text term's weight in that phase
@@ -179,28 +179,18 @@ class DualModalityPromptTuning(PeftModule):
         (embeddings,) = host.sites("text_embeddings").values()
         handles = [embeddings.register_forward_hook(self._keep_ids)]
         fusion = host.sites("fusion")
-        appended: list[int] = []  # per call in flight, as in prompts.tokens.append_to_sequence
 
-        def extend(i):
-            def hook(attn, args, kwargs):
+        def keys(i):
+            def keys_for(vision, text):
                 if not self._cavpt_active():
-                    appended.append(0)
                     return None
-                vision, text = args
                 spans = host.phrase_spans(self._ids[0])
                 phrases = torch.stack([text[:, a:b].mean(1) for a, b in spans], 1)  # (B, P, d_text)
                 prompts, _ = self.class_aware[i](vision, phrases)
-                appended.append(prompts.shape[1])
-                return extend_fusion(args, kwargs, prompts, None)
-            return hook
+                return FusionKeys(vision=prompts)
+            return keys_for
 
-        def cut(attn, args, kwargs, output):
-            extra = appended.pop()
-            return slice_fusion(output, extra, 0) if extra else None
-
-        for i, name in enumerate(self.cavpt_sites):
-            handles.append(fusion[name].register_forward_pre_hook(extend(i), with_kwargs=True))
-            handles.append(fusion[name].register_forward_hook(cut, with_kwargs=True))
+        handles += [add_fusion_keys(fusion[name], keys(i)) for i, name in enumerate(self.cavpt_sites)]
         return handles
 
     def _keep_ids(self, module, args, output):

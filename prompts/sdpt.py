@@ -14,9 +14,13 @@ appended to the image tokens and P_t to the text tokens, the padding masks
 grow by k, the unchanged attention runs, and the k extra rows are sliced off
 both outputs before the residual. Nothing is carried between layers.
 
+Computed at its cost floor: the prototypes' rows are never computed, only
+their columns (``prompts.tokens.fusion_attention``): the image-side ones as
+keys for the text queries, the text-side ones for the image queries.
+
 Mask modes: ``sync`` (the paper: image queries see the text-side prototypes)
 and ``official`` (the authors' code masks the text-side prototypes, so only
-the image-side ones act, through the text queries).
+the image-side ones act, through the text queries; masked keys are skipped).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 
 from prompts.base import MethodError, PeftModule, check_at_least, check_choice, register_method
-from prompts.tokens import extend_fusion, slice_fusion
+from prompts.tokens import FusionKeys, add_fusion_keys
 
 
 @dataclass
@@ -85,29 +89,14 @@ class SdptPrompts(PeftModule):
 
     def install(self, host):
         fusion = host.sites("fusion")
-        handles = []
-        for i, name in enumerate(self.site_names):
-            attn = fusion[name]
-            handles.append(attn.register_forward_pre_hook(self._extend(i), with_kwargs=True))
-            handles.append(attn.register_forward_hook(self._slice, with_kwargs=True))
-        return handles
+        return [add_fusion_keys(fusion[name], self._keys(i, fusion[name])) for i, name in enumerate(self.site_names)]
 
-    def _active(self) -> bool:
-        return self.enabled and self.config.k > 0
-
-    def _extend(self, i: int):
-        def hook(attn, args, kwargs):
-            if not self._active():
+    def _keys(self, i: int, attn: nn.Module):
+        def keys_for(vision, text):
+            if not (self.enabled and self.config.k > 0):
                 return None
-            batch, k = args[0].shape[0], self.config.k
             p_v, p_t = self.projected(i, attn)
-            # text-side prototypes are hidden from image queries in 'official' mode
-            return extend_fusion(args, kwargs, p_v.expand(batch, k, -1), p_t.expand(batch, k, -1),
-                                 hide_text=self.config.text_prompt_mask == "official")
+            # text-side prototypes hidden from the image queries ('official') act nowhere: left out
+            return FusionKeys(vision=p_v, text=None if self.config.text_prompt_mask == "official" else p_t)
 
-        return hook
-
-    def _slice(self, attn, args, kwargs, output):
-        if not self._active():
-            return None
-        return slice_fusion(output, self.config.k, self.config.k)
+        return keys_for

@@ -1,17 +1,21 @@
-"""Hooks that add tokens to a host's attention and take them out after it (VPT, DPT, SDPT).
+"""Tokens that methods add to a host's attention (VPT, DPT, SDPT).
 
 Two shapes of site:
 - a ``sequence`` block (ViT, BERT): tokens (B, p, C) join its input (B, N, C)
-  and its last p outputs are dropped;
-- a Grounding DINO fusion attention (image-text bi-attention): image-side and
-  text-side tokens join the two feature sequences after their layer norms, the
-  padding masks grow (image-side ones always visible; text-side ones visible or
-  hidden from the image queries), and their output rows are sliced off both
-  results before the residual.
+  and its last p outputs are dropped (the tokens are queries too: the next
+  block's input depends on them inside this one);
+- a Grounding DINO fusion attention (image-text bi-attention): image-side
+  tokens become extra keys and values for the text queries, text-side ones for
+  the image queries. Their query rows would be sliced off before the residual,
+  so they are never computed: the cost is the extra keys' columns only.
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -66,31 +70,101 @@ def drop_last(output, p: int):
     return hidden[:, :-p], (weights[..., :-p, :-p] if weights is not None else None)
 
 
-def extend_fusion(args, kwargs, vision_tokens: torch.Tensor | None, text_tokens: torch.Tensor | None,
-                  hide_text: bool = False):
-    """(args, kwargs) of a fusion attention call with image-side tokens (B, kv, dv) and text-side tokens
-    (B, kt, dt) appended (None: none on that side). Masks are True at padding: the image-side tokens
-    are visible; the text-side ones are hidden from the image queries when ``hide_text``."""
-    vision, text = args  # GroundingDinoFusionLayer passes both feature tensors positionally
-    batch = vision.shape[0]
-    v_mask, t_mask = kwargs.get("vision_attention_mask"), kwargs.get("text_attention_mask")
-    if v_mask is None:
-        v_mask = torch.zeros(batch, vision.shape[1], dtype=torch.bool, device=vision.device)
-    if t_mask is None:
-        t_mask = torch.zeros(batch, text.shape[1], dtype=torch.bool, device=text.device)
-    if vision_tokens is not None:
-        vision = torch.cat([vision, vision_tokens.to(vision.dtype)], 1)
-        v_mask = torch.cat([v_mask, v_mask.new_zeros(batch, vision_tokens.shape[1])], 1)
-    if text_tokens is not None:
-        text = torch.cat([text, text_tokens.to(text.dtype)], 1)
-        t_mask = torch.cat([t_mask, t_mask.new_full((batch, text_tokens.shape[1]), hide_text)], 1)
-    kwargs["vision_attention_mask"], kwargs["text_attention_mask"] = v_mask, t_mask
-    return (vision, text), kwargs
+class FusionKeys(NamedTuple):
+    """Tokens that a fusion attention reads as extra keys and values, never as queries: ``vision`` (image
+    side, read by the text queries) and ``text`` (text side, read by the image queries), each (k, d) for
+    tokens shared by the batch or (B, k, d) per image; None for none on that side."""
+    vision: torch.Tensor | None = None
+    text: torch.Tensor | None = None
 
 
-def slice_fusion(output, vision_extra: int, text_extra: int):
-    """A fusion attention's ((vision, weights), (text, weights)) without the rows and columns of appended
-    tokens (weights: (B * heads, image tokens, text tokens) and its transpose)."""
-    (v_out, v_weights), (t_out, t_weights) = output
-    v_end, t_end = v_out.shape[1] - vision_extra, t_out.shape[1] - text_extra
-    return (v_out[:, :v_end], v_weights[:, :v_end, :t_end]), (t_out[:, :t_end], t_weights[:, :t_end, :v_end])
+class FusionKeysHandle:
+    """Removes one source of extra keys from a fusion attention; the last removal restores its forward."""
+
+    def __init__(self, attn: nn.Module, source):
+        self.site, self._source = attn, source
+
+    def remove(self) -> None:
+        sources = self.site.__dict__.get("_fusion_key_sources", [])
+        if self._source in sources:
+            sources.remove(self._source)
+        if not sources and "forward" in self.site.__dict__:
+            del self.site.forward  # back to the class's own forward: the plain host, bit for bit
+
+
+def add_fusion_keys(attn: nn.Module, keys_for) -> FusionKeysHandle:
+    """Make a Grounding DINO fusion attention read extra keys: at each call ``keys_for(vision, text)`` gets
+    the attention's inputs (after the layer norms) and returns FusionKeys, or None while inactive. While no
+    source gives any, the attention's own forward runs; otherwise :func:`fusion_attention`."""
+    sources = attn.__dict__.setdefault("_fusion_key_sources", [])
+    sources.append(keys_for)
+    if "forward" not in attn.__dict__:
+        attn.forward = functools.partial(_forward_with_keys, attn)
+    return FusionKeysHandle(attn, keys_for)
+
+
+def _forward_with_keys(attn, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
+    found = [keys for source in attn._fusion_key_sources
+             if (keys := source(vision_features, text_features)) is not None]
+    vision_keys = _joined([keys.vision for keys in found if keys.vision is not None], vision_features)
+    text_keys = _joined([keys.text for keys in found if keys.text is not None], text_features)
+    if vision_keys is None and text_keys is None:
+        return type(attn).forward(attn, vision_features, text_features, vision_attention_mask, text_attention_mask)
+    return fusion_attention(attn, vision_features, text_features, vision_attention_mask, text_attention_mask,
+                            vision_keys, text_keys)
+
+
+def _joined(tokens: list[torch.Tensor], features: torch.Tensor) -> torch.Tensor | None:
+    """Several sources' tokens as one (1 or B, k, d) tensor in the features' dtype."""
+    if not tokens:
+        return None
+    if all(t.dim() == 2 for t in tokens):
+        return torch.cat(tokens).unsqueeze(0).to(features.dtype)  # shared by the batch: projected once
+    batch = features.shape[0]
+    return torch.cat([t.expand(batch, -1, -1) if t.dim() == 2 else t for t in tokens], 1).to(features.dtype)
+
+
+def fusion_attention(attn, vision, text, vision_mask, text_mask, vision_keys, text_keys):
+    """``GroundingDinoBiMultiHeadAttention.forward`` step for step, with extra image-side keys read by the
+    text queries and extra text-side keys read by the image queries. Appending the tokens to both
+    sequences and slicing their rows off the outputs gives the same result up to rounding (the softmax
+    does not see the shift by the global score maximum), but computes the tokens' query rows, which no
+    output uses; here they are never queries. Masks are True at padding; extra tokens are always visible.
+    """
+    batch, heads, width = vision.shape[0], attn.num_heads, attn.head_dim
+
+    def split_heads(x):  # (B or 1, N, E) -> (B or 1, heads, N, width)
+        return x.unflatten(-1, (heads, width)).transpose(1, 2)
+
+    query = split_heads(attn.vision_proj(vision) * attn.scale)
+    key = split_heads(attn.text_proj(text))
+    vision_values, text_values = split_heads(attn.values_vision_proj(vision)), split_heads(attn.values_text_proj(text))
+    scores = query @ key.transpose(-1, -2)  # (B, heads, Nv, Nt)
+    image_rows, text_rows = scores, scores  # scores seen by the image queries / (transposed) the text queries
+    vision_padding = vision_mask if vision_mask is not None else vision.new_zeros(vision.shape[:2], dtype=torch.bool)
+    text_padding = text_mask if text_mask is not None else text.new_zeros(text.shape[:2], dtype=torch.bool)
+    if text_keys is not None:
+        extra_key = split_heads(attn.text_proj(text_keys))
+        image_rows = torch.cat([scores, query @ extra_key.transpose(-1, -2)], -1)
+        text_values = torch.cat([text_values, split_heads(attn.values_text_proj(text_keys)).expand(batch, -1, -1, -1)], 2)
+        text_padding = torch.cat([text_padding, text_padding.new_zeros(batch, text_keys.shape[1])], 1)
+    if vision_keys is not None:
+        extra_query = split_heads(attn.vision_proj(vision_keys) * attn.scale)
+        text_rows = torch.cat([scores, (extra_query @ key.transpose(-1, -2)).expand(batch, -1, -1, -1)], 2)
+        vision_values = torch.cat([vision_values,
+                                   split_heads(attn.values_vision_proj(vision_keys)).expand(batch, -1, -1, -1)], 2)
+        vision_padding = torch.cat([vision_padding, vision_padding.new_zeros(batch, vision_keys.shape[1])], 1)
+    # as the host: shift by the global maximum and clamp (for half precision), then the text side by its own
+    top = torch.maximum(image_rows.max(), text_rows.max())
+    image_rows = torch.clamp(image_rows - top, min=-50000, max=50000)
+    text_rows = torch.clamp(text_rows - top, min=-50000, max=50000).transpose(-1, -2)
+    text_rows = torch.clamp(text_rows - text_rows.max(-1, keepdim=True)[0], min=-50000, max=50000)
+    text_weights = text_rows.masked_fill(vision_padding[:, None, None, :], float("-inf")).softmax(-1)
+    image_weights = image_rows.masked_fill(text_padding[:, None, None, :], float("-inf")).softmax(-1)
+    image_out = F.dropout(image_weights, p=attn.dropout, training=attn.training) @ text_values
+    text_out = F.dropout(text_weights, p=attn.dropout, training=attn.training) @ vision_values
+    image_out = attn.out_vision_proj(image_out.transpose(1, 2).flatten(2))
+    text_out = attn.out_text_proj(text_out.transpose(1, 2).flatten(2))
+    n_image, n_text = vision.shape[1], text.shape[1]
+    return ((image_out, image_weights[..., :n_text].flatten(0, 1)),
+            (text_out, text_weights[..., :n_image].flatten(0, 1)))

@@ -90,10 +90,17 @@ def test_fingerprint_tracks_weights_only(tiny_host):
 def test_loss_trains_and_keeps_labels_per_prompt(tiny_host):
     targets = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
                {"class_labels": torch.tensor([3]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
-    loss, parts = tiny_host.loss(Batch("detection", _pixels(), PHRASES, targets=targets))
-    assert torch.isfinite(loss) and {"loss_ce", "loss_bbox", "loss_giou"} <= set(parts)
     params = list(tiny_host.sites("heads")["bbox_embed.0"].parameters())
-    grads = torch.autograd.grad(loss, params)
+    was = [p.requires_grad for p in params]  # the session's host may have been frozen by a stack
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        loss, parts = tiny_host.loss(Batch("detection", _pixels(), PHRASES, targets=targets))
+        grads = torch.autograd.grad(loss, params)
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
+    assert torch.isfinite(loss) and {"loss_ce", "loss_bbox", "loss_giou"} <= set(parts)
     assert any(g.abs().sum() > 0 for g in grads)
 
 

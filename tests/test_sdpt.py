@@ -1,9 +1,12 @@
 """SDPT exactly as DESIGN section 4 specifies."""
+import copy
+
 import pytest
 import torch
 
 from prompts import build_module
 from prompts.sdpt import inverse_projection
+from prompts.tokens import FusionKeys, add_fusion_keys
 
 FUSION0 = "model.encoder.layers.0.fusion_layer.attn"
 
@@ -106,3 +109,60 @@ def test_bad_sdpt_configs(tiny_host):
     for config, message in (({"text_prompt_mask": "half"}, "text_prompt_mask"), ({"layers": [5]}, "out of range")):
         with pytest.raises(MethodError, match=message):
             build_module("sdpt", config).attach(tiny_host)
+
+
+def _appended(attn, vision, text, masks, sides):
+    """The method as DESIGN section 4 words it, the way it was computed before it was brought to its cost
+    floor: append every (image-side, text-side, text hidden) triple of tokens to both sequences, run the
+    host's attention unchanged, slice the extra rows off both outputs."""
+    batch, v_mask, t_mask = vision.shape[0], masks["vision_attention_mask"], masks["text_attention_mask"]
+    for p_v, p_t, hidden in sides:
+        vision, text = torch.cat([vision, p_v.expand(batch, -1, -1)], 1), torch.cat([text, p_t.expand(batch, -1, -1)], 1)
+        v_mask = torch.cat([v_mask, v_mask.new_zeros(batch, p_v.shape[0])], 1)
+        t_mask = torch.cat([t_mask, t_mask.new_full((batch, p_t.shape[0]), hidden)], 1)
+    (v_out, _), (t_out, _) = type(attn).forward(attn, vision, text, v_mask, t_mask)
+    n_image, n_text = masks["vision_attention_mask"].shape[1], masks["text_attention_mask"].shape[1]
+    return v_out[:, :n_image], t_out[:, :n_text]
+
+
+@pytest.mark.parametrize("modes", [["sync"], ["official"], ["sync", "official"]])
+def test_cost_floor_attention_equals_append_and_slice_in_float64(tiny_host, modes):
+    """The prototypes as keys only (no query rows, no masked keys) give the appended method's outputs;
+    several modules on one layer (policy all) read all their prototypes."""
+    attn = copy.deepcopy(tiny_host.sites("fusion")[FUSION0]).double()
+    vision, text, masks = _fusion_inputs()
+    vision, text = vision.double(), text.double()
+    modules = [build_module("sdpt", {"k": 5 + i, "text_prompt_mask": mode}).attach(tiny_host)
+               for i, mode in enumerate(modes)]
+    try:
+        sides = [(*(p.double() for p in m.projected(0, tiny_host.sites("fusion")[FUSION0])), mode == "official")
+                 for m, mode in zip(modules, modes)]
+    finally:
+        for m in modules:
+            m.detach()
+    with torch.no_grad():
+        reference = _appended(attn, vision, text, masks, sides)
+        handles = [add_fusion_keys(attn, lambda v, t, s=side: FusionKeys(s[0], None if s[2] else s[1]))
+                   for side in sides]
+        (v_out, v_weights), (t_out, t_weights) = attn(vision, text, **masks)
+        for handle in handles:
+            handle.remove()
+        plain = attn(vision, text, **masks)
+    assert torch.allclose(v_out, reference[0], atol=1e-6, rtol=0) and torch.allclose(t_out, reference[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(t_out, plain[1][0], atol=1e-3)  # the image-side prototypes act in every mode
+    assert v_weights.shape == plain[0][1].shape and t_weights.shape == plain[1][1].shape
+    assert "forward" not in attn.__dict__  # the last removal gives the attention its own forward back
+
+
+@pytest.mark.parametrize("mode", ["sync", "official"])
+def test_sdpt_on_the_host_equals_append_and_slice(tiny_host, mode):
+    vision, text, masks = _fusion_inputs()
+    attn = tiny_host.sites("fusion")[FUSION0]
+    module = build_module("sdpt", {"k": 10, "text_prompt_mask": mode}).attach(tiny_host)
+    try:
+        with torch.no_grad():
+            (v_out, _), (t_out, _) = attn(vision, text, **masks)
+            reference = _appended(attn, vision, text, masks, [(*module.projected(0, attn), mode == "official")])
+    finally:
+        module.detach()
+    assert torch.allclose(v_out, reference[0], atol=1e-5) and torch.allclose(t_out, reference[1], atol=1e-5)
