@@ -147,8 +147,10 @@ def cmd_train(args) -> int:
 def _print_run(run_dir: Path) -> None:
     from evaluation.report import compat_rows, load_runs, run_report, study_report
 
-    if (run_dir / "summary.json").is_file():  # a run over seeds
-        print((run_dir / "report.md").read_text().strip())
+    if (run_dir / "summary.json").is_file():  # a run over seeds; of a study, the tables over its settings
+        report = (run_dir / "report.md").read_text()
+        study = "compat" in json.loads((run_dir / "summary.json").read_text())
+        print((report.split("\n## `")[0] if study else report).strip())
         print(f"\nreport: {run_dir / 'report.md'}")
         return
     runs = load_runs(run_dir)

@@ -24,13 +24,13 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from continual.training import TrainConfig
-from evaluation.summary import swept_setting
+from evaluation.summary import policy_setting, swept_setting
 
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
 EVALUATE = ("stream", "seen")
@@ -58,6 +58,13 @@ class StepConfig:
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the run's `train`
 
 
+class Stream(NamedTuple):
+    """One stream of a run: its steps and the composition policy it is evaluated under."""
+
+    steps: list[StepConfig]
+    policy: str
+
+
 @dataclass
 class DataConfig:
     """Sizes of the synthetic worlds (COCO folders are used as they are) and how real data's faults are met."""
@@ -78,6 +85,7 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when present
     seeds: list[int] = field(default_factory=list)  # run the whole config once per seed (train seed), summarised
     policy: str = "all"  # composition at evaluation: all | own | route
+    policies: list[str] = field(default_factory=list)  # each stream (setting) once per policy (replaces policy)
     route_threshold: Optional[float] = None  # route: also match phrases this similar (cosine); None: exact only
     evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
     held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
@@ -94,31 +102,33 @@ class RunConfig:
     lr_sweep: list[float] = field(default_factory=list)  # frontier: each setting's last module at these multiples
     # of its own learning rate (its step's, the run's train.lr, or the method's default)
 
-    def streams(self) -> dict[str, list[StepConfig]]:
-        """Named streams: the settings of a study, or the one stream under the run's name; with ``lr_sweep``,
-        each of them once per multiple of its last step's learning rate (a step that trains nothing is not
-        swept)."""
-        streams = dict(self.settings) if self.settings else {self.name: list(self.stream)}
+    def streams(self) -> dict[str, Stream]:
+        """Named streams: the settings of a study, or the one stream under the run's name; with ``policies``,
+        each of them once per policy (SETTING@policy=P); with ``lr_sweep``, each of those once per multiple
+        of its last step's learning rate (SETTING@lr=RATE; a step that trains nothing is not swept)."""
+        named = dict(self.settings) if self.settings else {self.name: list(self.stream)}
+        streams = ({policy_setting(name, p): Stream(steps, p) for name, steps in named.items() for p in self.policies}
+                   if self.policies else {name: Stream(steps, self.policy) for name, steps in named.items()})
         if not self.lr_sweep:
             return streams
         from prompts import METHODS
 
         swept = {}
-        for name, steps in streams.items():
+        for name, (steps, policy) in streams.items():
             last = steps[-1]
             if last.method == NO_MODULE or last.method not in METHODS:  # (an unknown method: validate names it)
-                swept[name] = steps
+                swept[name] = Stream(steps, policy)
                 continue
             own = last.train.get("lr") or self.train.lr or METHODS[last.method].default_lr
             for factor in self.lr_sweep:
                 lr = float(f"{own * factor:.6g}")  # 0.3 x 0.1 is 0.03, not 0.030000000000000002
-                swept[swept_setting(name, lr)] = [*steps[:-1], dataclasses.replace(last, train={**last.train,
-                                                                                                  "lr": lr})]
+                swept[swept_setting(name, lr)] = Stream([*steps[:-1], dataclasses.replace(last, train={
+                    **last.train, "lr": lr})], policy)
         return swept
 
     @property
     def is_study(self) -> bool:
-        return bool(self.settings or self.lr_sweep)
+        return bool(self.settings or self.lr_sweep or self.policies)
 
 
 def _nearest(key: str, valid) -> str:
@@ -242,14 +252,20 @@ def validate(cfg: RunConfig, where: str) -> None:
 
     if cfg.policy not in POLICIES:
         raise ConfigError(f"{where}: policy must be one of {POLICIES}, got {cfg.policy!r}")
+    if not set(cfg.policies) <= set(POLICIES) or len(set(cfg.policies)) != len(cfg.policies):
+        raise ConfigError(f"{where}: policies must be distinct names from {POLICIES}, got {cfg.policies}")
+    if cfg.policies and cfg.policy != "all":
+        raise ConfigError(f"{where}: give either `policy` (one) or `policies` (each stream once per policy), "
+                          f"not both (got policy {cfg.policy!r} and policies {cfg.policies})")
     if any(lr <= 0 for lr in cfg.lr_sweep) or len(set(cfg.lr_sweep)) != len(cfg.lr_sweep):
         raise ConfigError(f"{where}: lr_sweep must be distinct factors > 0 of each last step's learning rate, "
                           f"got {cfg.lr_sweep}")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"{where}: seeds must be distinct, got {cfg.seeds}")
-    if cfg.route_threshold is not None and not (-1 <= cfg.route_threshold <= 1 and cfg.policy == "route"):
+    routed = "route" in (cfg.policies or [cfg.policy])
+    if cfg.route_threshold is not None and not (-1 <= cfg.route_threshold <= 1 and routed):
         raise ConfigError(f"{where}: route_threshold is a cosine similarity in [-1, 1] for policy route, got "
-                          f"{cfg.route_threshold} with policy {cfg.policy!r}")
+                          f"{cfg.route_threshold} with policy {cfg.policies or cfg.policy!r}")
     if cfg.evaluate not in EVALUATE:
         raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
@@ -285,7 +301,7 @@ def validate(cfg: RunConfig, where: str) -> None:
     if cfg.stream and cfg.settings:
         raise ConfigError(f"{where}: give either `stream` (one stream) or `settings` (a study), not both")
     streams = cfg.streams()
-    for setting, steps in streams.items():
+    for setting, (steps, _) in streams.items():
         label = f"settings.{setting}" if cfg.is_study else "stream"
         if not steps:
             raise ConfigError(f"{where}: {label} is empty; list at least one {{task, method}} step")

@@ -8,9 +8,12 @@ loop, whole; a step's plan (``StepPlan``) and what it produced
 (``StepRecord``) are small dataclasses, and the state file is a list of records.
 
 A study runs several streams (settings) on one host and one set of data. A
-step whose whole history matches one already run in the study (same host,
+step whose whole history matches one already trained in the study (same host,
 starting modules, earlier steps and settings) is reused, not retrained: the
-paper, too, trained Adapter_COCO once for its three Adapter rows.
+paper, too, trained Adapter_COCO once for its three Adapter rows. Likewise an
+evaluation already made with the same modules switched on (another setting,
+another policy, the zero-shot row) is reused: evaluating one training under
+`all`, `own` and `route` costs only the evaluations that differ.
 """
 from __future__ import annotations
 
@@ -63,14 +66,15 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Workspace:
-    """What the streams of one run share: the config, the host, the tasks, the reuse memo."""
+    """What the streams of one run share: the config, the host, the tasks, what was trained and evaluated."""
 
     cfg: RunConfig
     host: Host
     tasks: dict[str, Task]
     device: torch.device
     progress: bool = True
-    memo: dict[str, "Done"] = field(default_factory=dict)
+    trained: dict[str, "Done"] = field(default_factory=dict)  # training key -> the step that trained it
+    evaluated: dict[str, dict] = field(default_factory=dict)  # evaluation key -> the evaluator's statistics
     # The frozen base every key starts from, hashed once: the host's weights and the starting modules.
     base_identity: dict = field(default_factory=dict)
 
@@ -78,19 +82,21 @@ class Workspace:
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
         device = resolve_device(cfg.device)
         host = build_host(cfg.host).to(device)
-        trained = {s.task for steps in cfg.streams().values() for s in steps}
+        trained = {s.task for stream in cfg.streams().values() for s in stream.steps}
         tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host, train_split=name in trained)
                  for name in sorted(trained | set(cfg.held_out))}
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
         return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
-    def key(self, *parts) -> str:
-        """Identity of a computation: the host, the starting modules, the evaluation settings and ``parts``."""
-        cfg = self.cfg
-        payload = {**self.base_identity, "policy": cfg.policy, "evaluate": cfg.evaluate, "held_out": cfg.held_out,
-                   "data": asdict(cfg.data), "tasks": {n: asdict(cfg.tasks[n]) for n in sorted(self.tasks)},
-                   "parts": parts}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    def evaluation_key(self, task: Task, modules: list[str]) -> str:
+        """Identity of evaluating ``task`` with ``modules`` switched on (their digests, in stack order)."""
+        payload = {**self.base_identity, "data": asdict(self.cfg.data), "task": asdict(self.cfg.tasks[task.name]),
+                   "name": task.name, "modules": modules}
+        return _digest(payload)
+
+
+def _digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def open_task(name: str, spec: TaskConfig, data: DataConfig, host: Host, train_split: bool = True) -> Task:
@@ -137,12 +143,11 @@ class StepRecord:
 
 @dataclass
 class Done:
-    """A finished step (or zero-shot row) that another stream of the study may reuse."""
+    """A trained step that another stream of the study may reuse."""
 
-    record: StepRecord | None
+    record: StepRecord
     stream: str
     run_dir: Path
-    metrics: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,8 +168,8 @@ class Session:
 class StreamRun:
     """One stream in one run folder."""
 
-    def __init__(self, ws: Workspace, name: str, steps: list[StepConfig], run_dir: Path):
-        self.ws, self.name, self.steps, self.run_dir = ws, name, steps, Path(run_dir)
+    def __init__(self, ws: Workspace, name: str, steps: list[StepConfig], policy: str, run_dir: Path):
+        self.ws, self.name, self.steps, self.policy, self.run_dir = ws, name, steps, policy, Path(run_dir)
         self.label = f"settings.{name}" if ws.cfg.is_study else "stream"  # where its steps sit in the config
         self.stream_tasks = [ws.tasks[s.task] for s in steps]
         self.eval_tasks = self.stream_tasks + [ws.tasks[n] for n in ws.cfg.held_out]
@@ -180,8 +185,11 @@ class StreamRun:
 
     def run_identity(self) -> dict:
         """What every row of the run depends on; none of it may change once a step has finished."""
-        cfg = self.ws.cfg
-        return {**self.ws.base_identity, "policy": cfg.policy, "evaluate": cfg.evaluate, "data": asdict(cfg.data)}
+        return {**self.trained_on(), "policy": self.policy, "evaluate": self.ws.cfg.evaluate}
+
+    def trained_on(self) -> dict:
+        """What every step's training depends on besides the steps themselves (not how rows are evaluated)."""
+        return {**self.ws.base_identity, "data": asdict(self.ws.cfg.data)}
 
     def step_identity(self, index: int) -> dict:
         """What step ``index`` trains: its task's data, its method with the method's resolved config, its
@@ -192,13 +200,9 @@ class StreamRun:
                 "train": asdict(train) if train else None, "data": asdict(self.ws.cfg.tasks[step.task])}
 
     def training_key(self, index: int) -> str:
-        """Identity of step ``index``'s training (a mid-step checkpoint belongs to it alone)."""
-        payload = [self.run_identity(), [self.step_identity(i) for i in range(index + 1)]]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-    def step_key(self, index: int) -> str:
-        """Identity of step ``index`` and what it evaluates (a study reuses a step only when this matches)."""
-        return self.ws.key("step", [self.step_identity(i) for i in range(index + 1)])
+        """Identity of step ``index``'s training: a mid-step checkpoint belongs to it alone, and a study
+        reuses a trained step only when this matches."""
+        return _digest([self.trained_on(), [self.step_identity(i) for i in range(index + 1)]])
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> dict:
@@ -227,33 +231,29 @@ class StreamRun:
         return results
 
     def _zero_shot(self, session: Session, indices: list[int]) -> dict[str, dict]:
-        """The zero-shot metrics of the tasks at ``indices`` (memoised per task: every setting shares them)."""
-        keys = {j: self.ws.key("zero-shot", self.eval_tasks[j].name) for j in indices}
-        todo = [j for j in indices if keys[j] not in self.ws.memo]
-        if todo:
-            log.info("[%s] zero-shot row: %s", self.name, ", ".join(self.eval_tasks[j].name for j in todo))
-            for name, metrics in self._evaluate(session, todo).items():
-                self.ws.memo[self.ws.key("zero-shot", name)] = Done(None, self.name, self.run_dir, {name: metrics})
-        return {self.eval_tasks[j].name: self.ws.memo[keys[j]].metrics[self.eval_tasks[j].name] for j in indices}
+        log.info("[%s] zero-shot row: %s", self.name, ", ".join(self.eval_tasks[j].name for j in indices))
+        return self._evaluate(session, indices)
 
     def _restore(self, record: StepRecord, session: Session) -> None:
         if record.module:
             session.stack.push(load_module(self.run_dir / record.module, self.ws.host))
-        self.ws.memo.setdefault(self.step_key(record.index), Done(record, self.name, self.run_dir))
+            self.ws.trained.setdefault(self.training_key(record.index), Done(record, self.name, self.run_dir))
 
     def _step(self, index: int, step: StepConfig, session: Session) -> StepRecord:
-        key = self.step_key(index)
-        if key in self.ws.memo:
-            return self._reuse(index, step, self.ws.memo[key], session)
-        record = StepRecord(index, step.task, step.method, dict(step.config))
         tick = time.time()
-        if index in self.train_configs:
+        if index not in self.train_configs:
+            record = StepRecord(index, step.task, step.method, dict(step.config))
+        elif (done := self.ws.trained.get(self.training_key(index))) is not None:
+            record = self._reuse(index, step, done, session)
+        else:
+            record = StepRecord(index, step.task, step.method, dict(step.config))
             self._train(index, step, record, session)
-        record.train_seconds = time.time() - tick
+            self.ws.trained[self.training_key(index)] = Done(record, self.name, self.run_dir)
+        if not record.reused_from:
+            record.train_seconds = time.time() - tick
         record.metrics = self._evaluate(session, self._evaluated_after(index))
         log.info("[%s] after step %d: %s", self.name, index, ", ".join(
             f"{t} {m[self.ws.tasks[t].metric]:.3f}" for t, m in record.metrics.items()))
-        self.ws.memo[key] = Done(record, self.name, self.run_dir)
         return record
 
     def _train(self, index: int, step: StepConfig, record: StepRecord, session: Session) -> None:
@@ -273,11 +273,10 @@ class StreamRun:
 
     def _reuse(self, index: int, step: StepConfig, done: Done, session: Session) -> StepRecord:
         log.info("[%s] step %d: %s on %s reused from %s", self.name, index, step.method, step.task, done.stream)
-        record = StepRecord(**{**asdict(done.record), "reused_from": done.stream})
-        if record.module:
-            target = self.run_dir / record.module
-            _copy_folder(done.run_dir / record.module, target)
-            session.stack.push(load_module(target, self.ws.host))
+        record = StepRecord(**{**asdict(done.record), "metrics": {}, "reused_from": done.stream})
+        target = self.run_dir / record.module
+        _copy_folder(done.run_dir / record.module, target)
+        session.stack.push(load_module(target, self.ws.host))
         return record
 
     def _evaluated_after(self, index: int) -> list[int]:
@@ -286,8 +285,19 @@ class StreamRun:
         return [*range(index + 1), *range(len(self.stream_tasks), len(self.eval_tasks))]
 
     def _evaluate(self, session: Session, indices) -> dict[str, dict]:
-        session.strategy.eval([session.benchmark.test_stream[j] for j in indices])
-        return session.metric.take_results()
+        """Every statistic of the tasks at ``indices``, each on the stack as this stream's policy switches it
+        for that task; what the run already evaluated with the same modules on is not evaluated again."""
+        keys = {}
+        for j in indices:
+            task = self.eval_tasks[j]
+            keys[j] = self.ws.evaluation_key(task, session.stack.digests_in_use(self.policy, task.name, task.phrases))
+        todo = [j for j in indices if keys[j] not in self.ws.evaluated]
+        if todo:
+            session.strategy.eval([session.benchmark.test_stream[j] for j in todo])
+            results = session.metric.take_results()
+            for j in todo:
+                self.ws.evaluated[keys[j]] = results[self.eval_tasks[j].name]
+        return {self.eval_tasks[j].name: self.ws.evaluated[keys[j]] for j in indices}
 
     @contextmanager
     def _session(self, text_log):
@@ -296,7 +306,7 @@ class StreamRun:
         stack = Stack(host, cfg.route_threshold)
         record = RecordPlugin(self.ws.progress)
         metric = TaskMetric()
-        stacking = StackingPlugin(stack, cfg.policy)
+        stacking = StackingPlugin(stack, self.policy)
         tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
         evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
         checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, cfg.checkpoint_every, stacking, record)
@@ -326,7 +336,7 @@ class StreamRun:
                     "after_each": [matrix_entry(row, t, names[t]) for row in rows]} for t in held_out}
         return {
             "name": self.name, "host": self.ws.host.source, "host_fingerprint": self.ws.base_identity["host"],
-            "policy": self.ws.cfg.policy, "evaluate": self.ws.cfg.evaluate,
+            "policy": self.policy, "evaluate": self.ws.cfg.evaluate,
             "tasks": tasks, "methods": [s.method for s in self.steps], "held_out": held,
             "metric_names": names, "zero_shot": zero_shot, "matrix": matrix,
             "derived": derived_metrics(tasks, matrix, zero_shot, held),
@@ -491,8 +501,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     previous = prepare_run_dir(run_dir, resume, overwrite)
     with run_log(run_dir):  # what loading the data skipped goes to run.log too
         ws = Workspace.open(cfg, progress)
-    streams = [StreamRun(ws, name, steps, run_dir / name if cfg.is_study else run_dir)
-               for name, steps in cfg.streams().items()]
+    streams = [StreamRun(ws, name, steps, policy, run_dir / name if cfg.is_study else run_dir)
+               for name, (steps, policy) in cfg.streams().items()]
     if resume:
         for stream in streams:  # every stream checked before anything is written
             stream.load_finished()

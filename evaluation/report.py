@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from evaluation.plots import frontier_plot, matrix_heatmap, retention_scatter
-from evaluation.summary import SWEPT
+from evaluation.summary import POLICY, SWEPT
 
 METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy", "vqa_accuracy": "VQA accuracy"}
 
@@ -49,7 +49,8 @@ def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
         d = r["derived"]
         old = r["tasks"][:-1]
         kept = [d["retention"][t] for t in old if d["retention"][t] is not None]
-        rows.append({"setting": setting, "swept": setting.split(SWEPT)[0] if SWEPT in setting else None,
+        rows.append({"setting": setting, "policy": r["policy"],
+                     "swept": setting.split(SWEPT)[0] if SWEPT in setting else None,
                      "lr": r["modules"][-1]["train"]["lr"] if r["methods"][-1] != "none" else None,
                      "metric": metric_label(r), "old_task": "+".join(old),
                      "new_task": r["tasks"][-1], "old_metric": d["old_metric"], "new_metric": d["new_metric"],
@@ -118,9 +119,32 @@ def _data_notes(results: dict) -> list[str]:
             "\n".join(lines)] if lines else []
 
 
-def study_report(name: str, rows: list[dict]) -> str:
+def rows_metric(rows: list[dict]) -> str:
     metrics = {r["metric"] for r in rows}
-    metric = metrics.pop() if len(metrics) == 1 else "metric"
+    return metrics.pop() if len(metrics) == 1 else "metric"
+
+
+def policies_side_by_side(rows: list[dict], cell=fmt) -> list[str]:
+    """A study run under several policies (``policies``): one line per setting, the new-task metric and the
+    old-task retention under each policy (``cell`` formats a figure); nothing for a study of one policy."""
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    if len(policies) < 2:
+        return []
+    settings: dict[str, dict] = {}
+    for r in rows:
+        settings.setdefault(r["setting"].replace(POLICY + r["policy"], ""), {})[r["policy"]] = r
+    metric = rows_metric(rows)
+    header = ["setting", *(f"{figure} ({p})" for p in policies for figure in (f"new {metric}", "old retention"))]
+    body = [[name, *(cell(by_policy[p][f]) if p in by_policy else "–"
+                     for p in policies for f in ("new_metric", "old_retention"))] for name, by_policy in settings.items()]
+    return ["## Policies side by side",
+            "The same trained modules evaluated under each composition policy: `all` (every module on), `own` "
+            "(the evaluated task's modules and those below them), `route` (the modules of the tasks whose "
+            "phrases the prompt names, and those below them).", markdown_table(header, body)]
+
+
+def study_report(name: str, rows: list[dict]) -> str:
+    metric = rows_metric(rows)
     table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
                             "hAP"],
                            [[r["setting"], r["old_task"], fmt(r["old_metric"]), r["new_task"], fmt(r["new_metric"]),
@@ -135,10 +159,12 @@ def study_report(name: str, rows: list[dict]) -> str:
                                      [[r["swept"], f"{r['lr']:g}", fmt(r["new_metric"]), fmt(r["old_retention"])]
                                       for r in swept])
                     + "\n\n![frontier](plots/frontier.png)\n\n")
+    side_by_side = "".join(f"{part}\n\n" for part in policies_side_by_side(rows))
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
-            f"new task was trained, old retention that over its mAP when it was learned.\n\n{table}\n\n"
+            f"new task was trained, old retention that over its mAP when it was learned.\n\n{side_by_side}"
+            f"## Settings\n\n{table}\n\n"
             f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n{frontier}"
-            f"## Settings\n\n{links}\n")
+            f"## Setting folders\n\n{links}\n")
 
 
 def run_outputs(results: dict) -> dict[str, bytes | str]:

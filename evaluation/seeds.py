@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from evaluation.report import compat_rows, fmt, fmt_interval, markdown_table
+from evaluation.report import compat_rows, fmt, fmt_interval, markdown_table, policies_side_by_side
 from evaluation.summary import mean_interval
 
 COMPAT_FIGURES = ("old_metric", "new_metric", "old_retention", "hap")
@@ -55,7 +55,7 @@ def seeds_report(summary: dict) -> str:
              "Mean ± half-width of the 95% interval (t distribution over seeds); each seed's run is in "
              "`seed-N/`. The seed sets the data order and the modules' initialisation; the data stay the same."]
     if "compat" in summary:
-        parts += ["## Settings", markdown_table(
+        parts += [*policies_side_by_side(summary["compat"], stat), "## Settings", markdown_table(
             ["setting", "old task", "old", "new task", "new", "old retention", "hAP"],
             [[r["setting"], r["old_task"], stat(r["old_metric"]), r["new_task"], stat(r["new_metric"]),
               stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]])]

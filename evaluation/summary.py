@@ -12,10 +12,15 @@ from evaluation.forgetting import (MetricsError, backward_transfer, check_matrix
 
 
 SWEPT = "@lr="  # the name of a setting of an lr sweep: SETTING@lr=RATE
+POLICY = "@policy="  # the name of a setting evaluated under one of several policies: SETTING@policy=P
 
 
 def swept_setting(setting: str, lr: float) -> str:
     return f"{setting}{SWEPT}{lr:g}"
+
+
+def policy_setting(setting: str, policy: str) -> str:
+    return f"{setting}{POLICY}{policy}"
 
 
 def _or_none(fn, *args):

@@ -15,6 +15,7 @@ Policies at evaluation:
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,13 @@ class Stack:
         finally:
             for module, flag in zip(self.modules, before):
                 module.enabled = flag
+
+    def digests_in_use(self, policy: str, task: str | None = None, phrases=()) -> list[str]:
+        """What ``use(policy, task, phrases)`` switches on, in stack order: each module's method, config and
+        tensors' sha256. Equal lists give equal outputs on the same host."""
+        with self.using(policy, task, phrases):
+            return [f"{m.method}:{json.dumps(m.config_dict(), sort_keys=True, default=str)}:"
+                    f"{tensor_digest(sorted(m.module_state().items()))}" for m in self.modules if m.enabled]
 
     def train_only(self, module: PeftModule) -> list:
         """Freeze the host and every module but ``module``; return its trainable parameters."""

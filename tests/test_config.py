@@ -38,7 +38,7 @@ def test_shipped_configs_load(name, request, monkeypatch):
         assert load_fewshot_config(CONFIGS / name).methods
     else:
         cfg = load_config(CONFIGS / name, overrides)
-        assert all(steps for steps in cfg.streams().values())
+        assert all(stream.steps for stream in cfg.streams().values())
 
 
 def test_good_config_with_overrides(tmp_path):
@@ -57,6 +57,9 @@ BAD = {
     "out of range": (GOOD + "train: {batch_size: 0}\n", [], "train.batch_size must be > 0"),
     "negative lr in a step": (GOOD.replace("steps: 7", "lr: -1"), [], "stream.1.train.lr must be > 0"),
     "unknown policy": (GOOD + "policy: some\n", [], "policy must be one of"),
+    "unknown policy in policies": (GOOD + "policies: [all, some]\n", [],
+                                   "policies must be distinct names from ('all', 'own', 'route'), got ['all', 'some']"),
+    "policy and policies": (GOOD + "policy: own\npolicies: [all, route]\n", [], "give either `policy` (one) or `policies`"),
     "seeds twice": (GOOD + "seeds: [0, 0]\n", [], "seeds must be distinct, got [0, 0]"),
     "lr sweep with a factor of 0": (GOOD + "lr_sweep: [0.1, 0]\n", [],
                                     "lr_sweep must be distinct factors > 0 of each last step's learning rate"),

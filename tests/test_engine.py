@@ -84,25 +84,37 @@ def test_feature_cache_changes_no_classification_result(smoke_classify, tmp_path
     assert plain.read_bytes() == (smoke_classify[0] / "results.json").read_bytes()
 
 
-def test_own_policy_keeps_old_task_metrics_exactly(tmp_path):
-    _, results = run_smoke(tmp_path, "policy=own")
-    coco = results["metrics"]["rows"]
-    assert coco[0]["base"] == coco[1]["base"]  # every COCO statistic, bit for bit
-    assert results["derived"]["forgetting"]["base"] == 0.0
+def test_one_training_evaluated_under_each_policy(tmp_path, monkeypatch):
+    """`policies` runs the stream once per policy: each module trained once, each distinct evaluation made
+    once (own and route here switch on nothing that `all` did not evaluate already)."""
+    evaluated = []
+    evaluate = StreamStrategy.eval
 
+    def counting(self, experiences, **kwargs):
+        evaluated.extend(self.eval_tasks[e.current_experience].name for e in experiences)
+        return evaluate(self, experiences, **kwargs)
 
-def test_route_policy_keeps_the_old_task_and_gives_the_new_one_what_all_gives(tmp_path, smoke):
-    _, results = run_smoke(tmp_path, "policy=route")
-    rows, under_all = results["metrics"]["rows"], smoke[1]["metrics"]["rows"]
-    assert results["derived"]["retention"]["base"] == 1.0 and rows[1]["base"] == rows[0]["base"]
-    assert rows[1]["aquarium"] == under_all[1]["aquarium"]  # its prompt names its own phrases: every module on
-    assert rows[0]["aquarium"] == results["metrics"]["zero_shot"]["aquarium"]  # nothing it names: the plain host
-
-
-def test_all_policy_lets_the_later_module_act_on_the_old_task(tmp_path):
-    _, results = run_smoke(tmp_path, "policy=all", "stream.1.method=adapter", "train.steps=6", "train.lr=0.05")
-    coco = results["metrics"]["rows"]
-    assert coco[0]["base"] != coco[1]["base"]
+    monkeypatch.setattr(StreamStrategy, "eval", counting)
+    run_dir = engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'study'}", "policies=[all,own,route]"]),
+                         progress=False)
+    results = {p: json.loads((run_dir / f"smoke@policy={p}" / "results.json").read_text())
+               for p in ("all", "own", "route")}
+    assert [r["policy"] for r in results.values()] == ["all", "own", "route"]
+    assert sorted(evaluated) == ["aquarium"] * 3 + ["base"] * 3  # zero-shot row, then two rows under `all`
+    assert [m["reused_from"] for m in results["route"]["modules"]] == ["smoke@policy=all"] * 2
+    rows = {p: r["metrics"]["rows"] for p, r in results.items()}
+    # all: the later module acts on the old task
+    assert rows["all"][0]["base"] != rows["all"][1]["base"]
+    # own: the old task keeps every statistic, bit for bit
+    assert rows["own"][0]["base"] == rows["own"][1]["base"] and results["own"]["derived"]["forgetting"]["base"] == 0.0
+    # route: the old task kept; the aquarium's prompt names its own phrases: every module on, as under all
+    assert results["route"]["derived"]["retention"]["base"] == 1.0 and rows["route"][1]["base"] == rows["route"][0]["base"]
+    assert rows["route"][1]["aquarium"] == rows["all"][1]["aquarium"]
+    assert rows["route"][0]["aquarium"] == results["route"]["metrics"]["zero_shot"]["aquarium"]  # the plain host
+    compat = json.loads((run_dir / "compat.json").read_text())
+    assert [(r["setting"], r["policy"]) for r in compat] == [(f"smoke@policy={p}", p) for p in ("all", "own", "route")]
+    report = (run_dir / "report.md").read_text()
+    assert "## Policies side by side" in report and "| smoke |" in report
 
 
 def test_hash_check_fires_when_a_frozen_parameter_moves(tmp_path, monkeypatch):
