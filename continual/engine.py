@@ -17,6 +17,7 @@ another policy, the zero-shot row) is reused: evaluating one training under
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -490,17 +491,22 @@ def record_config(run_dir: Path, config_text: str, previous: str | None) -> None
     atomic.write_text(run_dir / CONFIG, config_text)
 
 
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
+        shared: Workspace | None = None) -> Path:
     """Run every stream of the config (the unfinished steps, with ``resume``); returns the run folder.
-    With ``seeds``: once per seed, then the summary over seeds (continual.seeds)."""
+    With ``seeds``: once per seed, then the summary over seeds (continual.seeds). ``shared``: the host,
+    tasks and evaluations of a run of the same config under another train seed (its seeds' runs)."""
     if cfg.seeds:
         from continual.seeds import run_seeds
 
         return run_seeds(cfg, resume, overwrite, progress)
     run_dir = Path(cfg.run_dir)
     previous = prepare_run_dir(run_dir, resume, overwrite)
-    with run_log(run_dir):  # what loading the data skipped goes to run.log too
-        ws = Workspace.open(cfg, progress)
+    if shared is None:
+        with run_log(run_dir):  # what loading the data skipped goes to run.log too
+            ws = Workspace.open(cfg, progress)
+    else:
+        ws = dataclasses.replace(shared, cfg=cfg)
     streams = [StreamRun(ws, name, steps, policy, run_dir / name if cfg.is_study else run_dir)
                for name, (steps, policy) in cfg.streams().items()]
     if resume:
