@@ -1,6 +1,6 @@
 """Engine overhead: the share of a run's wall time spent outside the model's own work.
 
-    .venv/bin/python bench/overhead.py runs/demo            # a finished run or study folder
+    .venv/bin/python bench/overhead.py runs/demo            # a finished run, study or run over seeds
     .venv/bin/python bench/overhead.py --run configs/compat.yaml run_dir=/tmp/overhead
 
 "Model" time is every training iteration's forward, backward and optimizer
@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def timings(run_dir: Path) -> dict[str, dict]:
-    files = [run_dir / "timing.json"] if (run_dir / "timing.json").is_file() else sorted(run_dir.glob("*/timing.json"))
+    """Each stream's timing.json: the run's own, or its settings' (and seeds') below it."""
+    files = sorted(run_dir.rglob("timing.json"))
     if not files:
-        raise SystemExit(f"{run_dir}: no timing.json in it or in its setting folders")
-    return {f.parent.name: json.loads(f.read_text()) for f in files}
+        raise SystemExit(f"{run_dir}: no timing.json in it or in its setting (or seed) folders")
+    return {str(f.parent.relative_to(run_dir)): json.loads(f.read_text()) for f in files}
 
 
 def main(argv=None) -> int:
@@ -45,9 +46,9 @@ def main(argv=None) -> int:
     wall = sum(t["wall_seconds"] for t in rows.values())
     model = sum(t["model_seconds"] for t in rows.values())
     for name, t in rows.items():
-        print(f"{name:<24} wall {t['wall_seconds']:7.1f} s  model {t['model_seconds']:7.1f} s  "
+        print(f"{name:<40} wall {t['wall_seconds']:7.1f} s  model {t['model_seconds']:7.1f} s  "
               f"outside the model {t['outside_model_fraction']:.1%}")
-    print(f"{'all':<24} wall {wall:7.1f} s  model {model:7.1f} s  outside the model {1 - model / wall:.1%}")
+    print(f"{'all':<40} wall {wall:7.1f} s  model {model:7.1f} s  outside the model {1 - model / wall:.1%}")
     return 0
 
 

@@ -155,12 +155,13 @@ def fusion_attention(attn, vision, text, vision_mask, text_mask, vision_keys, te
                                    split_heads(attn.values_vision_proj(vision_keys)).expand(batch, -1, -1, -1)], 2)
         vision_padding = torch.cat([vision_padding, vision_padding.new_zeros(batch, vision_keys.shape[1])], 1)
     # as the host: shift by the global maximum and clamp (for half precision), then the text side by its own
+    # (in place on the fresh tensors each subtraction makes: these are the attention's largest)
     top = torch.maximum(image_rows.max(), text_rows.max())
-    image_rows = torch.clamp(image_rows - top, min=-50000, max=50000)
-    text_rows = torch.clamp(text_rows - top, min=-50000, max=50000).transpose(-1, -2)
-    text_rows = torch.clamp(text_rows - text_rows.max(-1, keepdim=True)[0], min=-50000, max=50000)
-    text_weights = text_rows.masked_fill(vision_padding[:, None, None, :], float("-inf")).softmax(-1)
-    image_weights = image_rows.masked_fill(text_padding[:, None, None, :], float("-inf")).softmax(-1)
+    text_rows = (text_rows - top).clamp_(min=-50000, max=50000).transpose(-1, -2)
+    text_rows = (text_rows - text_rows.max(-1, keepdim=True)[0]).clamp_(min=-50000, max=50000)
+    text_weights = text_rows.masked_fill_(vision_padding[:, None, None, :], float("-inf")).softmax(-1)
+    image_rows = (image_rows - top).clamp_(min=-50000, max=50000)
+    image_weights = image_rows.masked_fill_(text_padding[:, None, None, :], float("-inf")).softmax(-1)
     image_out = F.dropout(image_weights, p=attn.dropout, training=attn.training) @ text_values
     text_out = F.dropout(text_weights, p=attn.dropout, training=attn.training) @ vision_values
     image_out = attn.out_vision_proj(image_out.transpose(1, 2).flatten(2))

@@ -168,7 +168,8 @@ def test_pretrain_refuses_unknown_stages_and_keys(_run, tmp_path, args, message)
 
 def test_run_smoke_config_over_seeds_then_report_and_compare(_run, tmp_path):
     run_dir = tmp_path / "smoke"
-    out = _run("run", SMOKE, f"run_dir={run_dir}", "seeds=[0,1]", "--resume")  # --resume into a missing folder
+    # --resume into a missing folder; policy route: the old task kept whatever the seed
+    out = _run("run", SMOKE, f"run_dir={run_dir}", "seeds=[0,1]", "policy=route", "--resume")
     assert out.returncode == 0, out.stderr[-2000:]
     per_seed = [json.loads((run_dir / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)]
     assert all(len(r["matrix"]) == 2 for r in per_seed) and per_seed[0]["losses"] != per_seed[1]["losses"]
@@ -180,6 +181,7 @@ def test_run_smoke_config_over_seeds_then_report_and_compare(_run, tmp_path):
         half = 12.7062047 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1 degree of freedom)
         assert derived[key]["interval"] == pytest.approx(half, rel=1e-6)
     assert derived["retention"]["base"]["values"] == [r["derived"]["retention"]["base"] for r in per_seed]
+    assert all(r["policy"] == "route" and r["derived"]["retention"]["base"] >= 0.99 for r in per_seed)
     assert "report:" in out.stdout and "| final_average |" in out.stdout and " ± " in out.stdout
     (run_dir / "report.md").unlink()
     (run_dir / "seed-1" / "report.md").unlink()
