@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class Stack:
         self.host, self.route_threshold = host, route_threshold
         self.entries: list[StackEntry] = []
         self._embeddings: dict[str, torch.Tensor] = {}  # phrase -> unit vector from the plain host's text side
+        self._digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (tensor stamp, digest)
 
     @property
     def modules(self) -> list[PeftModule]:
@@ -111,8 +113,18 @@ class Stack:
         """What ``use(policy, task, phrases)`` switches on, in stack order: each module's method, config and
         tensors' sha256. Equal lists give equal outputs on the same host."""
         with self.using(policy, task, phrases):
-            return [f"{m.method}:{json.dumps(m.config_dict(), sort_keys=True, default=str)}:"
-                    f"{tensor_digest(sorted(m.module_state().items()))}" for m in self.modules if m.enabled]
+            return [self._digest(m) for m in self.modules if m.enabled]
+
+    def _digest(self, module: PeftModule) -> str:
+        # Hashed again only when a tensor was replaced or changed in place since (optimizer steps and
+        # load_state_dict bump a tensor's version): a full fine-tuning module holds the whole host.
+        state = sorted(module.module_state().items())
+        stamp = tuple((name, t.data_ptr(), t._version) for name, t in state)
+        known = self._digests.get(module)
+        if known is None or known[0] != stamp:
+            config = json.dumps(module.config_dict(), sort_keys=True, default=str)
+            known = self._digests[module] = (stamp, f"{module.method}:{config}:{tensor_digest(state)}")
+        return known[1]
 
     def train_only(self, module: PeftModule) -> list:
         """Freeze the host and every module but ``module``; return its trainable parameters."""

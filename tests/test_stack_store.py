@@ -209,3 +209,19 @@ def test_loads_a_lora_folder_saved_by_hf_peft(tiny_host, tmp_path):
         assert torch.allclose(got, expected, atol=1e-6)
     finally:
         module.detach()
+
+
+def test_digests_in_use_follow_the_policy_and_every_change_of_a_module(tiny_host):
+    stack = Stack(tiny_host)
+    try:
+        first = stack.push(build_module("sdpt", task="a"))
+        first.phrases = ("fish",)
+        stack.push(build_module("adapter", task="b"))
+        both = stack.digests_in_use("all")
+        assert len(both) == 2 and stack.digests_in_use("own", "a") == both[:1]
+        assert stack.digests_in_use("route", "x", ("kite",)) == []  # a prompt naming no known phrase: none on
+        with torch.no_grad():
+            first.prototypes[0].add_(1.0)  # changed in place: the cached digest must not be reused
+        assert stack.digests_in_use("all")[0] != both[0] and stack.digests_in_use("all")[1] == both[1]
+    finally:
+        stack.clear()
