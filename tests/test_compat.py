@@ -31,3 +31,20 @@ def test_nms_reference_known_case():
     assert nms_reference(boxes, scores, 0.5).tolist() == [1, 2, 3]
     assert nms_reference(boxes, scores, 0.1).tolist() == [1, 3]
     assert nms_reference(boxes[:0], scores[:0], 0.5).numel() == 0
+
+
+def test_dependencies_are_ranges_and_this_machine_pins_them():
+    """`pip install continual-vlp` must keep a user's torch: the package declares ranges; the exact versions
+    (the CPU wheel here) come from the constraints file that the Makefile installs with."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    by_name = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower(): d for d in declared}
+    for name in ("torch", "transformers"):
+        assert ">=" in by_name[name] and "==" not in by_name[name], by_name[name]
+    pinned = (root / "requirements" / "constraints.txt").read_text().split()
+    assert {"torch==2.13.0", "transformers==5.23.0"} <= set(pinned)
+    assert "-c requirements/constraints.txt" in (root / "Makefile").read_text()
