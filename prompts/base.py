@@ -104,11 +104,13 @@ class PeftModule(nn.Module):
     def attached(self) -> bool:
         return bool(self._host_ref)
 
-    def attach(self, host) -> "PeftModule":
+    def attach(self, host, fingerprint: str | None = None) -> "PeftModule":
+        """Attach to ``host``; ``fingerprint``: the host's, when the caller has just computed it (it hashes
+        every frozen weight)."""
         if self.attached:
             raise MethodError(f"{self.method} module for task {self.task!r} is already attached")
         check_sites(self, host.kind, host.site_kinds)
-        return self.bind(host, host.fingerprint())
+        return self.bind(host, fingerprint or host.fingerprint())
 
     def bind(self, host, fingerprint: str) -> "PeftModule":
         """``attach`` after its checks; a method made of other methods' modules (DPT) binds its parts

@@ -114,7 +114,7 @@ def load_module(folder: str | Path, host) -> PeftModule:
     state = _read_weights(weights)
     module = build_module(method, config.get("config", {}), task=meta.get("task"))
     module.phrases = tuple(meta.get("phrases", ()))  # none recorded: policy `route` never enables it
-    module.attach(host)
+    module.attach(host, fingerprint)
     try:
         module.load_module_state(state)
     except RuntimeError as err:
