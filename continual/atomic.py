@@ -1,4 +1,8 @@
-"""Atomic file writes: a temporary sibling, fsync, then a rename, so a crash leaves the old file or the new one."""
+"""Atomic file writes: a temporary sibling, fsync, then a rename, so a crash leaves the old file or the new one.
+
+In a job of several processes only rank 0 writes; the other ranks compute the
+same outputs and their writes are skipped (continual.distributed).
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from continual import distributed
 from continual.faults import crash_point
 
 
@@ -19,6 +24,8 @@ class OutputError(OSError):
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
+    if not distributed.is_main():
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -57,9 +64,14 @@ def replaced_folder(folder: str | Path) -> Iterator[Path]:
     """Yield an empty temporary sibling to fill; when the block ends normally it takes ``folder``'s place.
 
     A crash leaves the old folder (or, for an instant during the swap, its
-    backup beside it), never a half-written one under the name.
+    backup beside it), never a half-written one under the name. On a rank
+    other than 0 the folder filled is a scratch one, removed afterwards.
     """
     folder = Path(folder)
+    if not distributed.is_main():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")

@@ -165,12 +165,18 @@ def _print_run(run_dir: Path) -> None:
 
 
 def cmd_run(args) -> int:
+    from continual import distributed
     from continual.config import load_config
     from continual.engine import run
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = run(cfg, resume=args.resume, overwrite=args.overwrite, progress=_progress())
-    _print_run(run_dir)
+    with distributed.process_group(cfg.device):  # under torchrun: one rank of several
+        main_rank = distributed.is_main()
+        if not main_rank:  # rank 0 speaks for the job
+            log.setLevel(logging.ERROR)
+        run_dir = run(cfg, resume=args.resume, overwrite=args.overwrite, progress=_progress() and main_rank)
+    if main_rank:
+        _print_run(run_dir)
     return 0
 
 

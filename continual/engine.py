@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from avalanche.logging import TensorboardLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 from omegaconf import OmegaConf
 
-from continual import atomic
+from continual import atomic, distributed
 from continual.config import NO_MODULE, DataConfig, RunConfig, StepConfig, TaskConfig, step_train_config, to_yaml
 from continual.hosts.base import Host, build_host
 from continual.plugins import CheckpointPlugin, RecordPlugin, StackingPlugin, TaskMetric, TrunkCachePlugin
@@ -58,11 +59,12 @@ class RunError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The configured device (``auto``: CUDA where there is one); under torchrun, this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device {name!r} asked for, but CUDA is not available here")
-    return torch.device(name)
+    return distributed.local_device(torch.device(name))
 
 
 @dataclass
@@ -84,8 +86,9 @@ class Workspace:
         device = resolve_device(cfg.device)
         host = build_host(cfg.host).to(device)
         trained = {s.task for stream in cfg.streams().values() for s in stream.steps}
-        tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host, train_split=name in trained)
-                 for name in sorted(trained | set(cfg.held_out))}
+        with distributed.main_first():  # rank 0 writes the synthetic worlds' cache, the others read it
+            tasks = {name: open_task(name, cfg.tasks[name], cfg.data, host, train_split=name in trained)
+                     for name in sorted(trained | set(cfg.held_out))}
         identity = {"host": host.fingerprint(), "start_from": [_module_sha(p) for p in cfg.start_from]}
         return cls(cfg, host, tasks, device, progress, base_identity=identity)
 
@@ -163,7 +166,7 @@ class Session:
     record: RecordPlugin
     trunks: TrunkCachePlugin
     checkpoints: CheckpointPlugin
-    tensorboard: TensorboardLogger
+    tensorboard: TensorboardLogger | None  # rank 0's alone
 
 
 class StreamRun:
@@ -180,6 +183,10 @@ class StreamRun:
 
     def train_config(self, index: int, step: StepConfig) -> TrainConfig:
         cfg = step_train_config(self.ws.cfg, step)
+        world = distributed.world_size()
+        if cfg.batch_size % world:
+            raise RunError(f"{self.label}.{index}: train.batch_size {cfg.batch_size} does not split evenly over "
+                           f"{world} processes; the global batch is divided between them (use a multiple of {world})")
         cfg.seed += index  # each step its own data order and initialisation
         cfg.lr = cfg.lr or METHODS[step.method].default_lr
         return cfg
@@ -210,7 +217,7 @@ class StreamRun:
         """Every step not finished yet (all of them unless ``load_finished`` found some); results.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        with run_log(self.run_dir) as stream, self._session(TextLogger(stream)) as session:
+        with run_log(self.run_dir) as stream, self._session(stream) as session:
             for folder in self.ws.cfg.start_from:
                 session.stack.push(load_module(folder, self.ws.host))
             missing = [j for j, t in enumerate(self.eval_tasks) if t.name not in self.zero_shot]
@@ -228,7 +235,8 @@ class StreamRun:
         atomic.write_json(self.run_dir / RESULTS, results)
         self._write_timing(time.time() - started, model_seconds, self.records)
         atomic.write_files(self.run_dir, run_outputs(results))
-        (self.run_dir / CHECKPOINT).unlink(missing_ok=True)  # the modules folder holds every finished module
+        if distributed.is_main():  # the modules folder holds every finished module
+            (self.run_dir / CHECKPOINT).unlink(missing_ok=True)
         return results
 
     def _zero_shot(self, session: Session, indices: list[int]) -> dict[str, dict]:
@@ -275,9 +283,9 @@ class StreamRun:
     def _reuse(self, index: int, step: StepConfig, done: Done, session: Session) -> StepRecord:
         log.info("[%s] step %d: %s on %s reused from %s", self.name, index, step.method, step.task, done.stream)
         record = StepRecord(**{**asdict(done.record), "metrics": {}, "reused_from": done.stream})
-        target = self.run_dir / record.module
-        _copy_folder(done.run_dir / record.module, target)
-        session.stack.push(load_module(target, self.ws.host))
+        source = done.run_dir / record.module
+        _copy_folder(source, self.run_dir / record.module)
+        session.stack.push(load_module(source, self.ws.host))  # the copy's bytes; on every rank, not just 0
         return record
 
     def _evaluated_after(self, index: int) -> list[int]:
@@ -301,15 +309,18 @@ class StreamRun:
         return {self.eval_tasks[j].name: self.ws.evaluated[keys[j]] for j in indices}
 
     @contextmanager
-    def _session(self, text_log):
-        """Strategy, stack and plugins of this run; the stack is cleared and TensorBoard closed at the end."""
+    def _session(self, log_stream):
+        """Strategy, stack and plugins of this run (metrics logged to ``log_stream`` and TensorBoard); the stack is
+        cleared and TensorBoard closed at the end."""
         cfg, host = self.ws.cfg, self.ws.host
         stack = Stack(host, cfg.route_threshold)
         record = RecordPlugin(self.ws.progress)
         metric = TaskMetric()
         stacking = StackingPlugin(stack, self.policy)
-        tensorboard = TensorboardLogger(self.run_dir / "tensorboard")
-        evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=[tensorboard, text_log])
+        # Avalanche's loggers exist on rank 0 alone (it refuses them elsewhere)
+        tensorboard = TensorboardLogger(self.run_dir / "tensorboard") if distributed.is_main() else None
+        loggers = [TextLogger(log_stream), tensorboard] if tensorboard else []
+        evaluator = EvaluationPlugin(metric, loss_metrics(minibatch=True), loggers=loggers)
         checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, cfg.checkpoint_every, stacking, record)
         trunks = TrunkCachePlugin(host, stack, cfg.feature_cache, cfg.feature_cache_mb)
         strategy = StreamStrategy(host=host, train_tasks=self.stream_tasks, eval_tasks=self.eval_tasks,
@@ -321,7 +332,8 @@ class StreamRun:
             yield Session(stack, strategy, benchmark, metric, stacking, record, trunks, checkpoints, tensorboard)
         finally:
             stack.clear()
-            tensorboard.writer.close()
+            if tensorboard:
+                tensorboard.writer.close()
 
     # -- results ----------------------------------------------------------------
     def results(self, zero: dict[str, dict], records: list[StepRecord]) -> dict:
@@ -436,7 +448,12 @@ def _difference(before, now, key: str = "") -> tuple[str, object, object] | None
 
 @contextmanager
 def run_log(folder: Path):
-    """run.log in ``folder``: the engine's messages (and those who write to the stream it yields)."""
+    """run.log in ``folder``: the engine's messages (and those who write to the stream it yields).
+    Rank 0's alone: the other ranks' stream goes nowhere."""
+    if not distributed.is_main():
+        with open(os.devnull, "w") as nowhere:
+            yield nowhere
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stream = open(folder / "run.log", "a")
@@ -454,6 +471,8 @@ def run_log(folder: Path):
 
 
 def _copy_folder(source: Path, target: Path) -> None:
+    if not distributed.is_main():
+        return
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
@@ -479,7 +498,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
     if existing.is_file() and not (resume or overwrite):
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
                        "start it again")
-    if overwrite and run_dir.exists():
+    if overwrite and run_dir.exists() and distributed.is_main():
         shutil.rmtree(run_dir)
     return existing.read_text() if existing.is_file() else None
 
@@ -512,6 +531,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     if resume:
         for stream in streams:  # every stream checked before anything is written
             stream.load_finished()
+    distributed.barrier()  # every rank has read the folder before rank 0 writes to it
     record_config(run_dir, to_yaml(cfg), previous)
     results = {stream.name: stream.run() for stream in streams}
     if cfg.is_study:

@@ -15,7 +15,7 @@ from avalanche.evaluation.metric_definitions import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from tqdm.auto import tqdm
 
-from continual import atomic
+from continual import atomic, distributed
 from continual.faults import crash_point
 from continual.trunk_cache import TrunkCache
 from evaluation.evaluators import LOGGED
@@ -30,7 +30,7 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops before the update."""
 
 
-class StackingPlugin(SupervisedPlugin):
+class StackingPlugin(SupervisedPlugin, supports_distributed=True):
     """Puts each step's new module on the stack, trains only it, checks the rest did not move.
 
     Before a training experience: build the plan's module, push it, let it
@@ -65,6 +65,7 @@ class StackingPlugin(SupervisedPlugin):
             self.module.load_module_state(plan.resume["module"])
             strategy.optimizer.load_state_dict(plan.resume["optimizer"])
             self._resume_rng = plan.resume["rng"]
+        distributed.broadcast_parameters(params)
 
     def before_training_iteration(self, strategy, **kwargs):
         # Restored here, not earlier: creating the data loader's iterator draws from
@@ -106,21 +107,22 @@ class StackingPlugin(SupervisedPlugin):
 
 
 class TaskMetric(PluginMetric[dict]):
-    """Every statistic of each evaluated task's own evaluator, accumulated over the experience's minibatches.
+    """Every statistic of each evaluated task's own evaluator, over all of the experience's minibatches.
 
-    Avalanche's ``detection_predictions`` holds only the last minibatch, so the
-    predictions go to the evaluator at every iteration. ``take_results()``
-    hands the statistics of the tasks evaluated since the last call to the engine.
+    Avalanche's ``detection_predictions`` holds only the last minibatch, so each
+    minibatch's targets and predictions are kept here; at the end of the
+    experience they go to the evaluator (on rank 0, gathered from every rank
+    when several share the evaluation). ``take_results()`` hands the statistics
+    of the tasks evaluated since the last call to the engine.
     """
 
     def __init__(self):
         super().__init__()
         self._results: dict[str, dict] = {}
-        self._evaluator = None
+        self._seen: list[tuple] = []  # (target, prediction) per image, on the CPU
 
     def reset(self) -> None:
-        if self._evaluator is not None:
-            self._evaluator.reset()
+        self._seen = []
 
     def result(self) -> dict:
         return dict(self._results)
@@ -130,14 +132,23 @@ class TaskMetric(PluginMetric[dict]):
         return results
 
     def before_eval_exp(self, strategy):
-        self._evaluator = strategy.current_task.evaluator()
+        self._seen = []
 
     def after_eval_iteration(self, strategy):
-        self._evaluator.process(strategy.mb_y, strategy.mb_output)
+        targets = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in t.items()} for t in strategy.mb_y]
+        self._seen += zip(targets, strategy.mb_output)
 
     def after_eval_exp(self, strategy):
         task = strategy.current_task
-        metrics = self._evaluator.evaluate()
+
+        def evaluate(seen):
+            evaluator = task.evaluator()
+            if seen:
+                evaluator.process(*zip(*seen))
+            return evaluator.evaluate()
+
+        metrics = distributed.on_main(self._seen, evaluate)
+        self._seen = []
         self._results[task.name] = metrics
         row = strategy.clock.train_exp_counter
         return [MetricValue(self, f"{stat}/{task.name}", metrics[stat], row) for stat in LOGGED[task.kind]]
@@ -146,7 +157,7 @@ class TaskMetric(PluginMetric[dict]):
         return "Task"
 
 
-class CheckpointPlugin(SupervisedPlugin):
+class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     """Mid-experience checkpoints: every ``every`` steps and at the end of each training experience.
 
     One file, written atomically: the new module's tensors, its optimizer, the
@@ -187,7 +198,7 @@ class CheckpointPlugin(SupervisedPlugin):
         return state if state["index"] == index and state.get("key") == key else None
 
 
-class TrunkCachePlugin(SupervisedPlugin):
+class TrunkCachePlugin(SupervisedPlugin, supports_distributed=True):
     """While a module trains: the frozen trunks that nothing acts inside run in eval mode, their outputs cached."""
 
     def __init__(self, host, stack: Stack, store: bool, max_mb: int):
@@ -205,7 +216,7 @@ class TrunkCachePlugin(SupervisedPlugin):
         self.cache = None
 
 
-class RecordPlugin(SupervisedPlugin):
+class RecordPlugin(SupervisedPlugin, supports_distributed=True):
     """Loss per step, wall time of the model's own work, and tqdm bars on training and evaluation."""
 
     def __init__(self, progress: bool = True):

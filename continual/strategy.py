@@ -12,7 +12,10 @@ EvaluationPlugin and loggers stay Avalanche's. Replaced, each for a reason:
   alone; Avalanche's would register every parameter of the model.
 - ``make_train_dataloader``: one Avalanche epoch covers the step's whole
   budget, in a seeded order that can restart at any step (``StepSampler``), so
-  a killed run resumes mid-task on the same batches.
+  a killed run resumes mid-task on the same batches; with several processes
+  each rank takes its slice of every global batch.
+- ``make_eval_dataloader``: the split in order, or this rank's shard of it.
+- ``backward``: then the gradients are averaged over ranks (continual.distributed).
 - ``optimizer_step``: warm-up + cosine learning rate and gradient clipping
   (``continual.training``).
 - ``forward``: the current experience's task goes to the model explicitly;
@@ -38,6 +41,7 @@ from avalanche.training.supervised.naive_object_detection import ObjectDetection
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from continual import distributed
 from continual.hosts.base import Batch
 from continual.training import TrainConfig, lr_at
 
@@ -108,16 +112,29 @@ def build_benchmark(train: list, test: list, to_pixels):
 
 
 class StepSampler(Sampler[int]):
-    """Indices for ``steps`` batches: seeded permutations of the data back to back, from batch ``start`` on."""
+    """Indices for ``steps`` batches: seeded permutations of the data back to back, from batch ``start`` on.
 
-    def __init__(self, size: int, batch_size: int, steps: int, seed: int, start: int = 0):
+    With ``world`` > 1 processes, rank ``rank`` gets its contiguous slice of every global batch of
+    ``batch_size`` (its loader's batch is ``batch_size // world``), so the ranks together see exactly the
+    batches one process would.
+    """
+
+    def __init__(self, size: int, batch_size: int, steps: int, seed: int, start: int = 0, rank: int = 0,
+                 world: int = 1):
         self.size, self.batch_size, self.steps, self.seed, self.start = size, batch_size, steps, seed, start
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return (self.steps - self.start) * self.batch_size
+        return (self.steps - self.start) * self.batch_size // self.world
 
     def __iter__(self):
-        skip, left, epoch = self.start * self.batch_size, len(self), 0
+        share = self.batch_size // self.world
+        for position, index in enumerate(self._global_order()):
+            if (position % self.batch_size) // share == self.rank:
+                yield index
+
+    def _global_order(self):
+        skip, left, epoch = self.start * self.batch_size, (self.steps - self.start) * self.batch_size, 0
         while left > 0:
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             epoch += 1
@@ -162,9 +179,16 @@ class StreamStrategy(ObjectDetectionTemplate):
 
     def make_train_dataloader(self, num_workers: int = 0, **kwargs):
         cfg, start = self.plan.train, self.plan.resume["step"] if self.plan.resume else 0
-        sampler = StepSampler(len(self.adapted_dataset), cfg.batch_size, cfg.steps, cfg.seed, start)
+        world = distributed.world_size()
+        sampler = StepSampler(len(self.adapted_dataset), cfg.batch_size, cfg.steps, cfg.seed, start,
+                              distributed.rank(), world)
         self.step = start
-        self.dataloader = DataLoader(self.adapted_dataset, batch_size=cfg.batch_size, sampler=sampler,
+        self.dataloader = DataLoader(self.adapted_dataset, batch_size=cfg.batch_size // world, sampler=sampler,
+                                     collate_fn=detection_collate_fn, num_workers=num_workers)
+
+    def make_eval_dataloader(self, num_workers: int = 0, **kwargs):
+        self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.eval_mb_size,
+                                     sampler=distributed.shard(len(self.adapted_dataset)),
                                      collate_fn=detection_collate_fn, num_workers=num_workers)
 
     def forward(self):
@@ -183,6 +207,11 @@ class StreamStrategy(ObjectDetectionTemplate):
                        [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
                         for t in targets],
                        torch.as_tensor(labels).to(self.device, non_blocking=True))
+
+    def backward(self):
+        super().backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.loss = distributed.average_gradients(params, self.loss)
 
     def optimizer_step(self, **kwargs):
         for group in self.optimizer.param_groups:

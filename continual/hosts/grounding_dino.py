@@ -20,6 +20,7 @@ from torch import nn
 from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
                           GroundingDinoForObjectDetection, SwinConfig)
 
+from continual import distributed
 from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm,
                                   local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
 from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
@@ -266,7 +267,10 @@ class GroundingDinoHost(Host):
                                                             dtype=torch.long, device=pixel_values.device),
                                "boxes": t["boxes"][keep].to(pixel_values.device)})
             out = self.raw_outputs(pixel_values, prompt, labels)
-            total = total + out.loss / len(prompt_list)
+            # HF divides by this batch's box count; under several processes the global count divides
+            # (DETR's convention), so the ranks' average is one process's loss on the whole batch
+            share = distributed.global_share(sum(len(t["class_labels"]) for t in labels), pixel_values.device)
+            total = total + out.loss * share / len(prompt_list)
             for k, v in out.loss_dict.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(prompt_list)
         return total, parts
