@@ -8,6 +8,8 @@ checkpoint), ``eval-batch`` (after an evaluation minibatch), and
 complete but not yet renamed into place). With ``CONTINUAL_CRASH_MODE=raise``
 the N-th occurrence raises ``SimulatedCrash`` instead, so a test can crash and
 resume a run inside its own process (``reset()`` starts the count again).
+Under torchrun, ``CONTINUAL_CRASH_RANK=R`` limits the crash to rank R (the
+launcher's ``RANK``), as when one node of a job dies.
 Unset, it costs one dict lookup.
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ def crash_point(event: str) -> None:
     if not spec:
         return
     name, _, count = spec.rpartition(":")
-    if name != event:
+    rank = os.environ.get("RANK", "0")
+    if name != event or os.environ.get("CONTINUAL_CRASH_RANK", rank) != rank:
         return
     _seen[event] += 1
     if _seen[event] == int(count):

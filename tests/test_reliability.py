@@ -20,6 +20,7 @@ from continual.strategy import HostModel
 from tasks.errors import DataError
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 SMOKE_CLASSIFY = SMOKE.with_name("smoke-classify.yaml")
 
@@ -29,12 +30,13 @@ def cached_worlds(monkeypatch, world_cache):
     monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
 
 
-def continual_run(run_dir, *extra, crash_at=None, config=SMOKE):
-    env = dict(os.environ)
-    env.pop("CONTINUAL_CRASH_AT", None)
+def continual_run(run_dir, *extra, crash_at=None, config=SMOKE, launcher=(CONTINUAL,), crash_rank=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUAL_CRASH")}
     if crash_at:
         env["CONTINUAL_CRASH_AT"] = crash_at
-    return subprocess.run([CONTINUAL, "run", str(config), f"run_dir={run_dir}", *extra], capture_output=True,
+    if crash_rank is not None:
+        env["CONTINUAL_CRASH_RANK"] = str(crash_rank)
+    return subprocess.run([*launcher, "run", str(config), f"run_dir={run_dir}", *extra], capture_output=True,
                           text=True, timeout=600, env=env)
 
 
@@ -90,6 +92,31 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, uninterrupted, po
     resumed = continual_run(run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (run_dir / "results.json").read_bytes() == uninterrupted
+
+
+TWO_PROCESSES = (TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "continual")
+
+
+def test_two_processes_match_one_and_resume_after_one_rank_is_killed(tmp_path, uninterrupted):
+    """torchrun, gloo: each global batch split over 2 ranks, gradients averaged, evaluation sharded; then rank 1
+    SIGKILLed mid-training (torchrun ends the job) and the job restarted with --resume."""
+    whole = continual_run(tmp_path / "whole", "device=cpu", launcher=TWO_PROCESSES)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    one, two = json.loads(uninterrupted), json.loads((tmp_path / "whole" / "results.json").read_text())
+    for task, losses in one["losses"].items():
+        assert two["losses"][task] == pytest.approx(losses, rel=1e-4)
+    for row_one, row_two in zip(one["matrix"], two["matrix"], strict=True):
+        assert row_two == pytest.approx(row_one, abs=0.01)
+    assert whole.stdout.count("# Run `smoke`") == 1  # rank 0 speaks for the job
+
+    run_dir = tmp_path / "killed"
+    killed = continual_run(run_dir, "device=cpu", crash_at="train-step:6", crash_rank=1, launcher=TWO_PROCESSES)
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not (run_dir / "results.json").exists()
+    resumed = continual_run(run_dir, "device=cpu", "--resume", launcher=TWO_PROCESSES)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at step 2" in (run_dir / "run.log").read_text()
+    assert (run_dir / "results.json").read_bytes() == (tmp_path / "whole" / "results.json").read_bytes()
 
 
 def test_classification_stream_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
