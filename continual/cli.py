@@ -380,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # first: --help answers without loading torch
     _quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func is not cmd_run:
+        print(f"error: `continual {args.command}` runs in one process; under torchrun (WORLD_SIZE="
+              f"{os.environ['WORLD_SIZE']}) only `continual run` shares its work between processes", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except Exception as err:

@@ -71,7 +71,7 @@ class HostModel(nn.Module):
         self.host = host
 
     def forward(self, images, targets=None, task=None):
-        batch = Batch.of(task, self.host.normalize(torch.stack(list(images))), targets, train=self.training)
+        batch = Batch.of(task, self.host.pixel_batch(list(images)), targets, train=self.training)
         if self.training:
             loss, _ = self.host.loss(batch)
             return {"loss": loss}
@@ -79,7 +79,8 @@ class HostModel(nn.Module):
 
 
 class HostInputs(Dataset):
-    """A task's split as (pixels, target) pairs of tensors, as Avalanche moves them to the device.
+    """A task's split as (pixels, target) pairs of tensors, as Avalanche moves them to the device: each image
+    as the host's processor sizes it (uint8; images of one batch may differ in size, the host pads them).
 
     Targets are built once (Avalanche keeps them as the dataset's targets too);
     text in them (a VQA question) stays text. Images are read at every visit.
@@ -95,7 +96,7 @@ class HostInputs(Dataset):
         return len(self.data)
 
     def __getitem__(self, index: int):
-        return self.to_pixels([self.data.open_image(index)])[0], self.targets[index]
+        return self.to_pixels(self.data.open_image(index)), self.targets[index]
 
 
 def task_dataset(data, to_pixels, task_label: int):

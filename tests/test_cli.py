@@ -43,6 +43,12 @@ def test_console_script_answers_help_without_loading_torch():
     assert out.returncode == 0 and "usage: continual run" in out.stdout
 
 
+def test_only_run_is_shared_between_processes_under_torchrun(_run, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = _run("fewshot", "configs/fewshot.yaml")
+    assert out.returncode == 2 and "only `continual run`" in out.stderr
+
+
 def test_hosts_json_contract(_run):
     out = _run("hosts", "--json")
     assert out.returncode == 0, out.stderr

@@ -209,6 +209,21 @@ def test_step_sampler_restarts_mid_stream_on_the_same_batches():
     assert list(StepSampler(size=5, batch_size=3, steps=6, seed=1, start=4)) == full[12:]
 
 
+def test_ranks_share_every_global_batch_between_them():
+    whole = list(StepSampler(size=7, batch_size=4, steps=5, seed=2, start=1))
+    ranks = [list(StepSampler(size=7, batch_size=4, steps=5, seed=2, start=1, rank=r, world=2)) for r in (0, 1)]
+    batches = [whole[i:i + 4] for i in range(0, len(whole), 4)]
+    assert [b[:2] for b in batches] == [ranks[0][i:i + 2] for i in range(0, len(ranks[0]), 2)]
+    assert [b[2:] for b in batches] == [ranks[1][i:i + 2] for i in range(0, len(ranks[1]), 2)]
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.distributed, "world_size", lambda: 2)
+    cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}", "train.batch_size=3"])
+    with pytest.raises(engine.RunError, match="batch_size 3 does not split evenly over 2 processes"):
+        engine.run(cfg, progress=False)
+
+
 def test_report_reads_results_written_before_task_kinds(smoke, tmp_path):
     results = json.loads((smoke[0] / "results.json").read_text())
     old = {k: v for k, v in results.items() if k not in ("metrics", "metric_names", "data")}

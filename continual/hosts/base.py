@@ -6,7 +6,9 @@ interface: ``model`` (the wrapped network, root of every frozen weight),
 ``sites(kind)``, ``ffn_sites(kind)`` and ``attention_sites()``, ``block_layout(kind)``, the text
 context slots (CoOp), ``fingerprint()`` and ``source``. The engine adds
 ``loss(batch)`` / ``predict(batch)`` per task kind, the trunks the feature
-cache may take, and ``to_pixels`` / ``normalize`` for the input pipeline.
+cache may take, and the input pipeline: ``to_pixels`` (one image through the
+host's Hugging Face image processor) and ``pixel_batch`` (padding, pixel mask,
+normalisation on the host's device).
 
 ``build_host(spec)`` picks the implementation from ``builtin:NAME`` or from
 the ``model_type`` in a folder's ``config.json``; ``host_class(spec)`` does
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -72,7 +73,9 @@ def load_minilm(tower: nn.Module, pooling: bool = True) -> None:
 class Batch:
     """One minibatch of one task, as every host's ``loss`` and ``predict`` take it.
 
-    ``pixels``: normalised images (B, 3, H, W) on the host's device;
+    ``pixels``: normalised images (B, 3, H, W) on the host's device, padded
+    at the bottom and right to the largest of the batch; ``pixel_mask``:
+    (B, H, W), 1 on real pixels, 0 on padding (None: nothing padded);
     ``phrases``: the task's class phrases; ``template``: how a class phrase
     becomes a sentence for hosts that prompt with one (``{}`` is the phrase;
     several templates: their features are averaged, CLIP's prompt ensembling);
@@ -88,14 +91,17 @@ class Batch:
     template: str | tuple[str, ...] = "{}"
     targets: list[dict] | None = None
     questions: list[str] | None = None
+    pixel_mask: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, task, pixels: torch.Tensor, targets=None, train: bool = True) -> "Batch":
-        """A minibatch of ``task`` (kind, phrases, template) over normalised ``pixels``. The questions
-        (vqa) are read off the targets; only a training batch keeps the targets themselves."""
+    def of(cls, task, pixels: tuple[torch.Tensor, torch.Tensor | None], targets=None, train: bool = True) -> "Batch":
+        """A minibatch of ``task`` (kind, phrases, template) over ``pixels``: (normalised pixels, pixel mask) as
+        ``Host.pixel_batch`` gives them. The questions (vqa) are read off the targets; only a training batch
+        keeps the targets themselves."""
         targets = list(targets) if targets else None
         questions = [t["question"] for t in targets] if targets and "question" in targets[0] else None
-        return cls(task.kind, pixels, list(task.phrases), task.template, targets if train else None, questions)
+        values, mask = pixels
+        return cls(task.kind, values, list(task.phrases), task.template, targets if train else None, questions, mask)
 
 
 @dataclass(frozen=True)
@@ -131,12 +137,18 @@ class Host(nn.Module):
     default_lora_targets: ClassVar[tuple[str, ...]] = ("query", "value")
     default_block_sites: ClassVar[tuple[str, ...]] = ("image_blocks",)  # where adapters go unless told
 
-    def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str):
+    def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str, image_processor=None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.source = source
+        # A real checkpoint's own processor; the tiny hosts' is configured for their square inputs.
+        self.image_processor = image_processor or self.square_processor(image_size)
+        self.register_buffer("pixel_mean", torch.tensor(self.image_processor.image_mean).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1),
+                             persistent=False)
         # Modules that put learned context before every phrase (prompts/coop.py).
         self.text_context: list = []
         # Modules that read each batch before the forward (prompts/dpt.py ranks the classes per image).
@@ -208,23 +220,47 @@ class Host(nn.Module):
         raise NotImplementedError
 
     # -- inputs ---------------------------------------------------------------
-    def to_pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> (B, 3, S, S) floats in 0-1 on the CPU; boxes stay valid as image fractions."""
-        size = self.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)
-                             if im.size != (size, size) else im.convert("RGB")) for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
+    @classmethod
+    def square_processor(cls, size: int):
+        """The image processor of a host without one of its own (the tiny hosts): its family's, resizing to
+        ``size`` x ``size`` (bilinear) with its family's mean and std. The PIL flavour: at these sizes it
+        costs a fraction of a millisecond per image, the torchvision one several."""
+        raise NotImplementedError
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """0-1 pixels -> the image encoder's input, on the host's device."""
-        return (pixels.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+    def to_pixels(self, image: Image.Image) -> torch.Tensor:
+        """One image as the host's image processor sizes it: (3, h, w) uint8 on the CPU.
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.normalize(self.to_pixels(images))
+        Only the processor's geometry (resize, crop) runs here; scaling to 0-1 and the mean/std
+        normalisation run on the host's device in ``pixel_batch``. Boxes stay valid as fractions of the
+        image: the processors keep or stretch the whole image, and the DETR-family models predict boxes as
+        fractions of the unpadded region.
+        """
+        out = self.image_processor(images=[image.convert("RGB")], do_rescale=False, do_normalize=False,
+                                   return_tensors="pt")
+        return out["pixel_values"][0].to(torch.uint8)
 
-    def _register_pixel_stats(self, mean, std) -> None:
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+    def pixel_batch(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``to_pixels`` images -> (normalised pixels (B, 3, H, W), pixel mask (B, H, W) or None when all
+        share one size) on the host's device; smaller images padded at the bottom and right."""
+        device = self.pixel_mean.device
+        height, width = max(im.shape[-2] for im in images), max(im.shape[-1] for im in images)
+        mask = None
+        if any(im.shape[-2:] != (height, width) for im in images):
+            padded = torch.zeros(len(images), 3, height, width, dtype=images[0].dtype)
+            mask = torch.zeros(len(images), height, width, dtype=torch.long)
+            for i, im in enumerate(images):
+                padded[i, :, :im.shape[-2], :im.shape[-1]] = im
+                mask[i, :im.shape[-2], :im.shape[-1]] = 1
+            images, mask = padded, mask.to(device)
+        pixels = torch.stack(list(images)).to(device).float().div_(1 / self.image_processor.rescale_factor)
+        pixels = (pixels - self.pixel_mean) / self.pixel_std
+        if mask is not None:  # padding is zero after normalisation, as the processors pad
+            pixels = pixels * mask.unsqueeze(1)
+        return pixels, mask
+
+    def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """PIL images -> ``pixel_batch`` (the eval command and pretraining read images this way)."""
+        return self.pixel_batch([self.to_pixels(im) for im in images])
 
     # -- training and inference -------------------------------------------------
     def check_task_kind(self, kind: str) -> None:
@@ -279,6 +315,18 @@ class Host(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> None:
         raise NotImplementedError
+
+
+def load_image_processor(where: str | Path):
+    """The checkpoint's own Hugging Face image processor (its preprocessor_config.json); None without one."""
+    from transformers import AutoImageProcessor
+
+    if isinstance(where, Path) and not (where / "preprocessor_config.json").is_file():
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(where)
+    except (OSError, ValueError):
+        return None
 
 
 def read_host_meta(folder: Path | None) -> dict:

@@ -21,17 +21,18 @@ stop instead.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (AutoModel, AutoTokenizer, BertConfig, ViTConfig, VisionTextDualEncoderConfig,
-                          VisionTextDualEncoderModel)
+from transformers import (AutoModel, AutoTokenizer, BertConfig, CLIPImageProcessorPil, ViTConfig,
+                          VisionTextDualEncoderConfig, VisionTextDualEncoderModel)
+from transformers.image_utils import PILImageResampling
 
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm,
-                                  local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
+                                  load_minilm, local_folder, minilm_path, read_host_meta, register_host,
+                                  write_host_meta)
 from tasks.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -61,8 +62,8 @@ class DualEncoderHost(Host):
     default_lora_targets = ("q_proj", "v_proj", "query", "value")
 
     def __init__(self, model: nn.Module, tokenizer, image_size: int, source: str, text_pooling: str = "model",
-                 pixel_stats=(CLIP_MEAN, CLIP_STD), text_from_package: bool = False):
-        super().__init__(model, tokenizer, image_size, source)
+                 image_processor=None, text_from_package: bool = False):
+        super().__init__(model, tokenizer, image_size, source, image_processor)
         self.text_from_package = text_from_package  # MiniLM from its package: left out of saved checkpoints
         if text_pooling not in ("model", "mean"):
             raise HostError(f"text_pooling must be 'model' or 'mean', got {text_pooling!r}")
@@ -70,7 +71,6 @@ class DualEncoderHost(Host):
         # MiniLM (a sentence-transformers model) was trained with; "model": the
         # model's own get_text_features (CLIP: the end-of-text token).
         self.text_pooling = text_pooling
-        self._register_pixel_stats(*pixel_stats)
         # read off the class, not the instance: the feature cache replaces an instance's forward
         self._text_takes_token_types = "token_type_ids" in inspect.signature(type(model.text_model).forward).parameters
 
@@ -94,10 +94,16 @@ class DualEncoderHost(Host):
             tokenizer = AutoTokenizer.from_pretrained(minilm_path() if from_package else where)
         except (OSError, ValueError) as err:
             raise HostError(f"{source!r}: no tokenizer files that load ({err})") from err
-        processor = _preprocessor_config(folder)
-        size = image_size or meta.get("image_size") or processor.get("size") or model.config.vision_config.image_size
-        stats = (tuple(processor.get("image_mean", CLIP_MEAN)), tuple(processor.get("image_std", CLIP_STD)))
-        return cls(model.eval(), tokenizer, int(size), source, meta.get("text_pooling", "model"), stats, from_package)
+        # a real checkpoint's processor: CLIP resizes the shortest edge and centre-crops a square
+        processor = None if image_size else load_image_processor(where)
+        size = image_size or meta.get("image_size") or model.config.vision_config.image_size
+        return cls(model.eval(), tokenizer, int(size), source, meta.get("text_pooling", "model"), processor,
+                   from_package)
+
+    @classmethod
+    def square_processor(cls, size: int) -> CLIPImageProcessorPil:
+        return CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False,
+                                  resample=PILImageResampling.BILINEAR, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
     @classmethod
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "DualEncoderHost":
@@ -120,6 +126,7 @@ class DualEncoderHost(Host):
         meta = {"image_size": self.image_size, "text_pooling": self.text_pooling,
                 "text_backbone": TEXT_PACKAGE if from_package else None}
         write_host_meta(folder, meta)
+        self.image_processor.save_pretrained(folder)
 
     # -- sites ------------------------------------------------------------------
     def _layers(self, tower: str) -> tuple[str, nn.ModuleList]:
@@ -258,17 +265,3 @@ def templates_of(template: str | tuple[str, ...]) -> list[str]:
 def _pooled(output) -> torch.Tensor:
     """get_*_features returns a tensor in some transformers versions, a ModelOutput with pooler_output in others."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def _preprocessor_config(folder: Path | None) -> dict:
-    """Image size, mean and std from a checkpoint's preprocessor_config.json ({} when it has none)."""
-    path = folder / "preprocessor_config.json" if folder is not None else None
-    if path is None or not path.is_file():
-        return {}
-    config = json.loads(path.read_text())
-    size = config.get("crop_size") or config.get("size")
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge")
-    return {k: v for k, v in {"size": size, "image_mean": config.get("image_mean"),
-                              "image_std": config.get("image_std")}.items() if v}
-

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig,
-                          GroundingDinoForObjectDetection, SwinConfig)
+from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                          GroundingDinoImageProcessorPil, SwinConfig)
+from transformers.image_utils import PILImageResampling
 
 from continual import distributed
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_minilm,
-                                  local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
+                                  load_minilm, local_folder, minilm_path, read_host_meta, register_host,
+                                  write_host_meta)
 from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,9 +79,9 @@ class GroundingDinoHost(Host):
     builtins = ("builtin:tiny", "builtin:t-size")
     default_lora_targets = XMHA_LINEARS
 
-    def __init__(self, model: GroundingDinoForObjectDetection, tokenizer, image_size: int, source: str):
-        super().__init__(model, tokenizer, image_size, source)
-        self._register_pixel_stats(IMAGENET_MEAN, IMAGENET_STD)
+    def __init__(self, model: GroundingDinoForObjectDetection, tokenizer, image_size: int, source: str,
+                 image_processor=None):
+        super().__init__(model, tokenizer, image_size, source, image_processor)
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
 
     # -- construction -----------------------------------------------------------
@@ -101,7 +103,15 @@ class GroundingDinoHost(Host):
         tokenizer = AutoTokenizer.from_pretrained(minilm_path() if meta.get("text_backbone") == TEXT_PACKAGE
                                                   else (folder if folder.exists() else source))
         size = image_size or meta.get("image_size") or 800
-        return cls(model.eval(), tokenizer, size, source)
+        # a real checkpoint's processor: shortest edge 800, longest at most 1333, padded with a pixel mask
+        processor = None if image_size else load_image_processor(folder if folder.exists() else source)
+        return cls(model.eval(), tokenizer, size, source, processor)
+
+    @classmethod
+    def square_processor(cls, size: int) -> GroundingDinoImageProcessorPil:
+        return GroundingDinoImageProcessorPil(size={"height": size, "width": size},
+                                              resample=PILImageResampling.BILINEAR,
+                                              image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
     @classmethod
     def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
@@ -130,6 +140,7 @@ class GroundingDinoHost(Host):
         self.model.save_pretrained(folder, state_dict=state)
         meta = {"image_size": self.image_size, "text_backbone": None if include_text_backbone else TEXT_PACKAGE}
         write_host_meta(folder, meta)
+        self.image_processor.save_pretrained(folder)
         if include_text_backbone:
             self.tokenizer.save_pretrained(folder)
 
@@ -233,8 +244,9 @@ class GroundingDinoHost(Host):
         """Phrases the grounding prompt cannot take fail here (DataError); the prompt is the phrases, no template."""
         self.prompts(phrases)
 
-    def raw_outputs(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None):
-        """The model's own output (logits, pred_boxes, hidden states; loss with ``labels``) for one prompt."""
+    def raw_outputs(self, pixel_values: torch.Tensor, prompt: TextPrompt, labels=None, pixel_mask=None):
+        """The model's own output (logits, pred_boxes, hidden states; loss with ``labels``) for one prompt.
+        Boxes are fractions of each image's unpadded region (``pixel_mask``)."""
         batch = pixel_values.shape[0]
         device = pixel_values.device
 
@@ -243,7 +255,7 @@ class GroundingDinoHost(Host):
 
         return self.model(pixel_values=pixel_values, input_ids=expand(prompt.input_ids),
                           attention_mask=expand(prompt.attention_mask),
-                          token_type_ids=expand(prompt.token_type_ids), labels=labels)
+                          token_type_ids=expand(prompt.token_type_ids), pixel_mask=pixel_mask, labels=labels)
 
     # -- training and inference -------------------------------------------------
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
@@ -266,7 +278,7 @@ class GroundingDinoHost(Host):
                 labels.append({"class_labels": torch.tensor([local[int(c)] for c in t["class_labels"][keep]],
                                                             dtype=torch.long, device=pixel_values.device),
                                "boxes": t["boxes"][keep].to(pixel_values.device)})
-            out = self.raw_outputs(pixel_values, prompt, labels)
+            out = self.raw_outputs(pixel_values, prompt, labels, batch.pixel_mask)
             # HF divides by this batch's box count; under several processes the global count divides
             # (DETR's convention), so the ranks' average is one process's loss on the whole batch
             share = distributed.global_share(sum(len(t["class_labels"]) for t in labels), pixel_values.device)
@@ -285,7 +297,7 @@ class GroundingDinoHost(Host):
         self.begin(batch)
         pixel_values, per_prompt = batch.pixels, []
         for prompt in self.prompts(batch.phrases):
-            out = self.raw_outputs(pixel_values, prompt)
+            out = self.raw_outputs(pixel_values, prompt, pixel_mask=batch.pixel_mask)
             probs = out.logits.sigmoid()  # (B, Q, max_text_len)
             scores = torch.stack([probs[..., a:b].amax(-1) for a, b in prompt.spans], -1)  # (B, Q, C)
             labels = torch.tensor(prompt.phrase_indices, device=scores.device).expand_as(scores)

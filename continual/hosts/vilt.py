@@ -30,9 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering
+from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil
+from transformers.image_utils import PILImageResampling
 
-from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, local_folder,
+from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
+                                  local_folder,
                                   minilm_path, read_host_meta, register_host, write_host_meta)
 from tasks.errors import DataError
 from tasks.questions import answer_vocabulary
@@ -67,10 +69,9 @@ class ViltHost(Host):
     default_block_sites = ("attention_blocks",)
 
     def __init__(self, model: ViltForQuestionAnswering, tokenizer, image_size: int, source: str,
-                 pixel_stats=(VILT_MEAN, VILT_STD), text_from_package: bool = False):
-        super().__init__(model, tokenizer, image_size, source)
+                 image_processor=None, text_from_package: bool = False):
+        super().__init__(model, tokenizer, image_size, source, image_processor)
         self.text_from_package = text_from_package  # MiniLM's word embeddings: left out of saved checkpoints
-        self._register_pixel_stats(*pixel_stats)
         self._rows: dict[tuple[str, ...], torch.Tensor] = {}
 
     # -- construction -----------------------------------------------------------
@@ -94,7 +95,14 @@ class ViltHost(Host):
         except (OSError, ValueError) as err:
             raise HostError(f"{source!r}: no tokenizer files that load ({err})") from err
         size = image_size or meta.get("image_size") or model.config.image_size
-        return cls(model.eval(), tokenizer, int(size), source, text_from_package=from_package)
+        # a real checkpoint's processor: shortest edge 384, longest at most 640, padded with a pixel mask
+        processor = None if image_size else load_image_processor(where)
+        return cls(model.eval(), tokenizer, int(size), source, processor, text_from_package=from_package)
+
+    @classmethod
+    def square_processor(cls, size: int) -> ViltImageProcessorPil:
+        return ViltImageProcessorPil(size={"shortest_edge": size}, resample=PILImageResampling.BILINEAR,
+                                  image_mean=VILT_MEAN, image_std=VILT_STD)
 
     @classmethod
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "ViltHost":
@@ -121,6 +129,7 @@ class ViltHost(Host):
         self.model.save_pretrained(folder, state_dict=state)
         meta = {"image_size": self.image_size, "text_backbone": TEXT_PACKAGE if self.text_from_package else None}
         write_host_meta(folder, meta)
+        self.image_processor.save_pretrained(folder)
 
     # -- sites ------------------------------------------------------------------
     def sites(self, kind: str) -> dict[str, nn.Module]:
@@ -168,19 +177,29 @@ class ViltHost(Host):
             raise DataError(f"answer(s) {missing[:10]} ({len(missing)} in all) are not in the VQA head's "
                             f"vocabulary of {len(label2id)} answers (config.json id2label of {self.source})")
 
-    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + patches, C): ViLT's patch embedding, class token and position embedding (full grid)."""
+    def image_embeddings(self, pixels: torch.Tensor, pixel_mask: torch.Tensor | None = None):
+        """(tokens (B, 1 + patches, C), their mask (B, 1 + patches)): ViLT's patch embedding, class token and
+        position embeddings, the latter resized to each image's unpadded patch grid as ViLT's own
+        ``visual_embed`` does (every patch kept: no sampling of ``max_image_length``)."""
         embeddings = self.model.vilt.embeddings
-        patches = embeddings.patch_embeddings(pixels).flatten(2).transpose(1, 2)
-        grid = int(round(patches.shape[1] ** 0.5))
+        patches = embeddings.patch_embeddings(pixels)  # (B, C, gh, gw)
+        batch, _, height, width = patches.shape
+        if pixel_mask is None:
+            mask = torch.ones(batch, height, width, dtype=torch.long, device=pixels.device)
+        else:
+            mask = F.interpolate(pixel_mask[:, None].float(), size=(height, width)).long()[:, 0]
         positions = embeddings.position_embeddings
-        if positions.shape[1] != patches.shape[1] + 1:  # another resolution: interpolate as ViLT does
-            side = int(round((positions.shape[1] - 1) ** 0.5))
-            spatial = positions[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
-            spatial = F.interpolate(spatial, size=(grid, grid), mode="bilinear", align_corners=True)
-            positions = torch.cat([positions[:, :1], spatial.flatten(2).transpose(1, 2)], 1)
-        tokens = torch.cat([embeddings.cls_token.expand(len(pixels), -1, -1), patches], 1)
-        return tokens + positions
+        side = int(round((positions.shape[1] - 1) ** 0.5))
+        spatial = positions[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
+        grids = []
+        for h, w in zip(mask[:, :, 0].sum(1).tolist(), mask[:, 0].sum(1).tolist()):
+            grid = spatial if (h, w) == (side, side) else \
+                F.interpolate(spatial, size=(h, w), mode="bilinear", align_corners=True)
+            grids.append(F.pad(grid, (0, width - w, 0, height - h)))
+        spatial = torch.cat(grids).flatten(2).transpose(1, 2)  # (B, gh * gw, C)
+        cls = embeddings.cls_token.expand(batch, -1, -1)
+        tokens = torch.cat([cls + positions[:, :1], patches.flatten(2).transpose(1, 2) + spatial], 1)
+        return tokens, torch.cat([mask.new_ones(batch, 1), mask.flatten(1)], 1)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """(B, A): the VQA head's scores of each question over the task's answers."""
@@ -191,10 +210,9 @@ class ViltHost(Host):
         device = self.pixel_mean.device
         text = self.tokenizer(list(batch.questions), padding=True, truncation=True, return_tensors="pt",
                               max_length=self.model.config.max_position_embeddings).to(device)
-        image = self.image_embeddings(batch.pixels)
+        image, image_mask = self.image_embeddings(batch.pixels, batch.pixel_mask)
         out = self.model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                         token_type_ids=text["token_type_ids"], image_embeds=image,
-                         pixel_mask=torch.ones(image.shape[:2], dtype=torch.long, device=device))
+                         token_type_ids=text["token_type_ids"], image_embeds=image, pixel_mask=image_mask)
         return out.logits[:, self.answer_rows(batch.phrases).to(device)]
 
     # -- training and inference -------------------------------------------------
