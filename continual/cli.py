@@ -211,7 +211,7 @@ def cmd_pretrain(args) -> int:
     from continual.config import apply_overrides
     from continual.pretrain import PretrainConfig, pretrain
 
-    base = OmegaConf.structured(PretrainConfig.for_host(args.host))
+    base = OmegaConf.structured(PretrainConfig.for_host(args.host, args.recipe))
     cfg = apply_overrides(base, args.overrides, PretrainConfig, "command line")
     record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress())
     metric = next(iter(record["base_val"]))
@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint records every stage.")
     pt.add_argument("--host", choices=["grounding-dino", "dual-encoder", "vilt"], default="grounding-dino",
                     help="which tiny host to pretrain (default %(default)s)")
+    pt.add_argument("--recipe", choices=["shapes", "grounding"], default="shapes",
+                    help="Grounding DINO's stages: `shapes` (the shipped tiny-base: the base world's 12 names) or "
+                         "`grounding` (30 colour-shape categories named by words drawn at each step, with absent "
+                         "ones named too; 6 combinations held out)")
     pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends)")
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",
                     help="go on from this checkpoint (e.g. builtin:tiny-base) instead of random weights")

@@ -39,7 +39,7 @@ from continual import atomic, distributed
 from continual.config import NO_MODULE, DataConfig, RunConfig, StepConfig, TaskConfig, step_train_config, to_yaml
 from continual.hosts.base import Host, build_host
 from continual.plugins import CheckpointPlugin, RecordPlugin, StackingPlugin, TaskMetric, TrunkCachePlugin
-from continual.strategy import StepPlan, StreamStrategy, build_benchmark
+from continual.strategy import PixelCache, StepPlan, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
 from evaluation.summary import derived_metrics
@@ -80,6 +80,11 @@ class Workspace:
     evaluated: dict[str, dict] = field(default_factory=dict)  # evaluation key -> the evaluator's statistics
     # The frozen base every key starts from, hashed once: the host's weights and the starting modules.
     base_identity: dict = field(default_factory=dict)
+    pixels: PixelCache | None = None  # the tasks' images as the host's processor sized them (made if not given)
+
+    def __post_init__(self):
+        if self.pixels is None:
+            self.pixels = PixelCache(self.host.to_pixels)
 
     @classmethod
     def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
@@ -327,7 +332,7 @@ class StreamRun:
                                   device=self.ws.device, plugins=[stacking, trunks, record, checkpoints],
                                   evaluator=evaluator, eval_mb_size=cfg.eval_batch_size)
         benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
-                                    host.to_pixels)
+                                    self.ws.pixels)
         try:
             yield Session(stack, strategy, benchmark, metric, stacking, record, trunks, checkpoints, tensorboard)
         finally:

@@ -50,6 +50,7 @@ from continual.hosts.vilt import ViltHost
 from continual.strategy import fit
 from continual.training import TrainConfig
 from tasks.task import load_task
+from tasks.vocabulary import PromptSampler
 from tasks.worlds import NOVEL_WORLDS, WorldSizes
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class PretrainStage:
     train_images: int = 6000
     train: TrainConfig = field(default_factory=TrainConfig)
     fusion_layer_scale: Optional[float] = None  # Grounding DINO: fill both fusion layer-scales with this first
+    # Grounding DINO: None prompts with the world's own names; N names the batch's categories in words drawn
+    # at each step (tasks.vocabulary.PromptSampler) beside N categories absent from it
+    negatives: Optional[int] = None
     templates: list[str] = field(default_factory=lambda: list(CAPTION_TEMPLATES))  # dual encoder: captions
 
 
@@ -88,6 +92,24 @@ def default_stages() -> dict[str, PretrainStage]:
                                                                  weight_decay=1e-4, warmup=100, clip=0.1, seed=3),
                                 fusion_layer_scale=0.1),
     }
+
+
+def grounding_stages() -> dict[str, PretrainStage]:
+    """The grounding recipe: 30 colour-shape categories (6 combinations held out), each named at every step
+    by colour and shape words drawn from tasks.vocabulary, with absent categories named too (negatives), so
+    the host must read both words of a phrase; the fusion's layer-scales at 0.1 from the start, so the text
+    reaches the image features while they form."""
+    return {
+        "words": PretrainStage("grounding", 6000, TrainConfig(steps=10000, batch_size=8, lr=3e-4, weight_decay=1e-4,
+                                                              warmup=300, clip=0.1, seed=2),
+                               fusion_layer_scale=0.1, negatives=6),
+        "scenes": PretrainStage("grounding-scenes", 3000, TrainConfig(steps=2000, batch_size=8, lr=2e-4,
+                                                                      weight_decay=1e-4, warmup=100, clip=0.1,
+                                                                      seed=3), negatives=6),
+    }
+
+
+RECIPES = {"shapes": default_stages, "grounding": grounding_stages}  # Grounding DINO's pretraining recipes
 
 
 def dual_encoder_stages() -> dict[str, PretrainStage]:
@@ -113,14 +135,16 @@ class PretrainConfig:
     report_images: int = 100  # validation images per world for pretrain.json's base and zero-shot figures
 
     @classmethod
-    def for_host(cls, host: str) -> "PretrainConfig":
+    def for_host(cls, host: str, recipe: str = "shapes") -> "PretrainConfig":
         if host not in HOST_KINDS:
             raise ConfigError(f"pretrain: unknown host {host!r}; choose from {', '.join(HOST_KINDS)}")
         if host == "dual-encoder":
             return cls(host=host, stages=dual_encoder_stages(), eval_every=500, val_images=100)
         if host == "vilt":
             return cls(host=host, stages=vilt_stages(), eval_every=1000, val_images=100)
-        return cls(host=host)
+        if recipe not in RECIPES:
+            raise ConfigError(f"pretrain: unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        return cls(host=host, stages=RECIPES[recipe]())
 
 
 def set_fusion_layer_scale(host: GroundingDinoHost, value: float) -> None:
@@ -182,6 +206,8 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
                                                                   image_size=cfg.image_size), kind=kind)
     if kind == "classification":
         task.template = tuple(stage.templates)  # each caption: the mean feature of its sentences
+    if stage.negatives is not None:
+        task.training_prompts = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed)
     if stage.fusion_layer_scale is not None:
         set_fusion_layer_scale(host, stage.fusion_layer_scale)
     history, last, start = [], {}, time.time()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
 from tasks.classification import load_classification
@@ -36,6 +36,8 @@ class Task:
     phrases: list[str]  # one per class, in the order of the data's class indices (vqa: the answers)
     template: str = "{}"  # how a class phrase becomes a sentence (hosts that prompt with sentences)
     record: dict[str, Any] = field(default_factory=dict)  # what results.json keeps of the data (shots drawn, sizes)
+    # Pretraining only: (targets) -> (phrases, targets) per training batch, names drawn anew (PromptSampler)
+    training_prompts: Callable[[list[dict]], tuple[list[str], list[dict]]] | None = None
 
     def data_notes(self) -> list[str]:
         """What loading left out of the data (skipped annotations, categories kept out of the prompt)."""

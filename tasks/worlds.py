@@ -137,6 +137,23 @@ BASE_CATEGORIES = (
     C("purple cross", shapes.cross, PURPLE), C("orange cross", shapes.cross, ORANGE),
 )
 
+# Every colour and shape of the base world by its word (tasks.vocabulary holds the words' synonyms).
+COLOUR_RGB = {"red": RED, "blue": BLUE, "green": GREEN, "yellow": YELLOW, "purple": PURPLE, "orange": ORANGE}
+SHAPE_PAINTERS = {"circle": shapes.circle, "square": shapes.square, "triangle": shapes.triangle,
+                  "star": shapes.star, "ring": shapes.ring, "cross": shapes.cross}
+# Combinations no pretraining world draws: world ``combos``, what bench/grounding.py probes.
+HELD_OUT_COMBOS = (("blue", "square"), ("red", "star"), ("green", "circle"), ("yellow", "triangle"),
+                   ("purple", "square"), ("orange", "circle"))
+
+
+def _combo(colour: str, shape: str) -> CategorySpec:
+    return C(f"{colour} {shape}", SHAPE_PAINTERS[shape], COLOUR_RGB[colour])
+
+
+# The grounding recipe's categories: every other colour-shape combination (30, the base world's 12 among them).
+GROUNDING_CATEGORIES = tuple(_combo(c, s) for c in COLOUR_RGB for s in SHAPE_PAINTERS
+                             if (c, s) not in HELD_OUT_COMBOS)
+
 WORLDS: dict[str, World] = {w.name: w for w in (
     World("base", "coloured geometric shapes on grey: the pretraining (COCO stand-in) world", BASE_CATEGORIES, plain_bg),
     World("base-scenes", "the base shapes on every world's backgrounds: the second pretraining stage",
@@ -162,6 +179,12 @@ WORLDS: dict[str, World] = {w.name: w for w in (
         C("no entry sign", shapes.no_entry, (210, 20, 30), (245, 245, 245)),
         C("parking sign", shapes.parking, (30, 90, 200), (245, 245, 245)),
     ), outdoor_bg),
+    World("grounding", "every colour-shape combination but the held-out ones, on grey: the grounding recipe's "
+          "first pretraining stage", GROUNDING_CATEGORIES, plain_bg),
+    World("grounding-scenes", "the grounding world's objects on every world's backgrounds: its second stage",
+          GROUNDING_CATEGORIES, any_bg),
+    World("combos", "the base colours and shapes in combinations no pretraining world draws, on grey: for probing",
+          tuple(_combo(c, s) for c, s in HELD_OUT_COMBOS), plain_bg),
     World("space", "objects in space", (
         C("planet", shapes.planet, (210, 160, 90)), C("moon", shapes.moon, (230, 230, 200)),
         C("rocket", shapes.rocket, (235, 235, 240)), C("comet", shapes.comet, (150, 220, 255)),
@@ -170,8 +193,9 @@ WORLDS: dict[str, World] = {w.name: w for w in (
 )}
 
 
-PRETRAINING_WORLDS = ("base", "base-scenes")
-NOVEL_WORLDS = tuple(name for name in WORLDS if name not in PRETRAINING_WORLDS)
+PRETRAINING_WORLDS = ("base", "base-scenes", "grounding", "grounding-scenes")
+PROBE_WORLDS = ("combos",)  # neither pretrained on nor a novel world: what bench/grounding.py probes
+NOVEL_WORLDS = tuple(name for name in WORLDS if name not in PRETRAINING_WORLDS + PROBE_WORLDS)
 
 
 def get_world(name: str) -> World:

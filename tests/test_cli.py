@@ -125,26 +125,28 @@ def test_bad_input_is_one_line_error_not_a_traceback(_run, tmp_path):
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
 
 
-TINY_PRETRAIN = ["stages.shapes.train.steps=3", "stages.shapes.train_images=16", "stages.scenes.train.steps=2",
+TINY_PRETRAIN = ["stages.words.train.steps=3", "stages.words.train_images=16", "stages.scenes.train.steps=2",
                  "stages.scenes.train_images=16", "val_images=8", "eval_every=0", "report_images=8"]
 
 
 def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_path):
-    first = _run("pretrain", "--out", str(tmp_path / "shapes"), "--stage", "shapes", *TINY_PRETRAIN)
+    """The grounding recipe, a few steps of each stage (its prompts drawn per step; tests/test_worlds.py)."""
+    first = _run("pretrain", "--recipe", "grounding", "--out", str(tmp_path / "words"), "--stage", "words",
+                 *TINY_PRETRAIN)
     assert first.returncode == 0, first.stderr[-2000:]
-    again = _run("pretrain", "--out", str(tmp_path / "ckpt"), "--from", str(tmp_path / "shapes"),
-                 "--stage", "scenes", *TINY_PRETRAIN)
+    again = _run("pretrain", "--recipe", "grounding", "--out", str(tmp_path / "ckpt"), "--from",
+                 str(tmp_path / "words"), "--stage", "scenes", *TINY_PRETRAIN)
     assert again.returncode == 0, again.stderr[-2000:]
     record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
-    assert [(s["name"], s["world"], s["train"]["steps"]) for s in record["stages"]] == [
-        ("shapes", "base", 3), ("scenes", "base-scenes", 2)]  # the earlier stage's record is carried over
-    assert record["started_from"] == str(tmp_path / "shapes") and "mAP" in record["base_val"]
+    assert [(s["name"], s["world"], s["train"]["steps"], s["negatives"]) for s in record["stages"]] == [
+        ("words", "grounding", 3, 6), ("scenes", "grounding-scenes", 2, 6)]  # the earlier stage's record kept
+    assert record["started_from"] == str(tmp_path / "words") and "mAP" in record["base_val"]
     assert set(record["zero_shot"]) == {"synthetic:aquarium", "synthetic:fruit", "synthetic:vehicles",
                                         "synthetic:signs", "synthetic:space"}
     from continual.hosts.grounding_dino import GroundingDinoHost
     scales = [layer.fusion_layer.vision_param for layer in
               GroundingDinoHost.from_pretrained(tmp_path / "ckpt").model.model.encoder.layers]
-    assert all(abs(s.mean().item() - 0.1) < 0.01 for s in scales)  # set to 0.1, then two small steps
+    assert all(abs(s.mean().item() - 0.1) < 0.01 for s in scales)  # set to 0.1, then a few small steps
     evaluated = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 

@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, GroundingDinoImageProcessor, ViltImageProcessor
 
 from continual.hosts.base import Batch
+from continual.strategy import PixelCache
 from evaluation.evaluators import CocoEvaluator
 
 # (image width, height), the red box in it (x0, y0, x1, y1 pixels)
@@ -90,3 +91,21 @@ def test_vilt_answers_an_image_the_same_alone_or_padded_beside_a_larger_one(tiny
 def test_clip_processor_centre_crops_a_square(tiny_clip_host, monkeypatch):
     monkeypatch.setattr(tiny_clip_host, "image_processor", CLIPImageProcessor())
     assert tiny_clip_host.to_pixels(scene(*SCENES[1])).shape == (3, 224, 224)
+
+
+def test_pixel_cache_sizes_each_image_once_within_its_budget():
+    calls = []
+
+    class Data:
+        def open_image(self, index):
+            calls.append(index)
+            return index
+
+    cache = PixelCache(lambda index: torch.zeros(3, 32, 32 + index, dtype=torch.uint8), max_mb=1)
+    data = Data()
+    first = cache(data, 0)
+    assert cache(data, 0) is first and calls == [0]  # read and resized once
+    for index in range(1, 400):  # 3 * 32 * (32 + index) bytes each: 1 MB is spent near index 120
+        cache(data, index)
+    cache(data, 399)
+    assert calls.count(399) == 2 and calls.count(1) == 1

@@ -1,8 +1,11 @@
 """Synthetic worlds: deterministic, COCO-valid, with the promised categories."""
 import filecmp
 
+import torch
+
 from tasks.coco import read_coco_json
-from tasks.worlds import NOVEL_WORLDS, PRETRAINING_WORLDS, WORLDS, WorldSizes, world_folder
+from tasks.vocabulary import COLOURS, SHAPES, PromptSampler, held_out_phrase, split_phrase, swapped_phrase
+from tasks.worlds import HELD_OUT_COMBOS, NOVEL_WORLDS, PRETRAINING_WORLDS, WORLDS, WorldSizes, world_folder
 
 
 def _same_tree(a, b):
@@ -38,6 +41,37 @@ def test_world_catalogue():
     assert {"fish", "jellyfish", "starfish", "shark", "crab"} <= {c.name for c in WORLDS["aquarium"].categories}
     names = [c.name for w in ("base", *NOVEL_WORLDS) for c in WORLDS[w].categories]
     assert len(names) == len(set(names))  # a novel world shares no category with the base world
+
+
+def test_probe_words_and_held_out_combinations():
+    """The grounding probes' words (bench/grounding.py): held-out words are no pretraining word, the combos
+    world recombines the base world's colours and shapes into categories it lacks."""
+    words = [*COLOURS.values(), *SHAPES.values()]
+    assert not {w for ws in words for w in ws.held_out} & {w for ws in words for w in ws.train}
+    base = [c.name for c in WORLDS["base"].categories]
+    assert held_out_phrase("red circle") == "crimson ball" and swapped_phrase("red circle") == "blue circle"
+    assert all(swapped_phrase(p) != p for p in base)
+    combos = [c.name for c in WORLDS["combos"].categories]
+    assert not set(combos) & set(base) and "combos" not in NOVEL_WORLDS
+    for part in (0, 1):
+        assert {split_phrase(p)[part] for p in combos} <= {split_phrase(p)[part] for p in base}
+
+
+def test_prompt_sampler_names_present_and_absent_categories_in_drawn_words():
+    categories = [c.name for c in WORLDS["grounding"].categories]
+    assert len(categories) == 30 and not {f"{c} {s}" for c, s in HELD_OUT_COMBOS} & set(categories)
+    sampler = PromptSampler(categories, negatives=6, seed=0)
+    targets = [{"class_labels": torch.tensor([0, 5])}, {"class_labels": torch.tensor([5])}]
+    names = {0: set(), 5: set()}
+    for _ in range(30):
+        phrases, relabelled = sampler(targets)
+        assert len(phrases) == 2 + 6 and relabelled[1]["class_labels"].tolist() == [relabelled[0]["class_labels"][1]]
+        for category, label in zip((0, 5), relabelled[0]["class_labels"].tolist()):
+            colour, shape = split_phrase(categories[category])
+            colour_word, shape_word = phrases[label].split(" ")
+            assert colour_word in COLOURS[colour].train and shape_word in SHAPES[shape].train
+            names[category].add(phrases[label])
+    assert all(len(n) > 3 for n in names.values())  # drawn anew at each step
 
 
 def test_every_world_is_valid_coco(world_cache, small_sizes):

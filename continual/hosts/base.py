@@ -97,11 +97,14 @@ class Batch:
     def of(cls, task, pixels: tuple[torch.Tensor, torch.Tensor | None], targets=None, train: bool = True) -> "Batch":
         """A minibatch of ``task`` (kind, phrases, template) over ``pixels``: (normalised pixels, pixel mask) as
         ``Host.pixel_batch`` gives them. The questions (vqa) are read off the targets; only a training batch
-        keeps the targets themselves."""
+        keeps the targets themselves, and a task that draws its training prompts (pretraining) draws them here."""
         targets = list(targets) if targets else None
         questions = [t["question"] for t in targets] if targets and "question" in targets[0] else None
+        phrases = list(task.phrases)
+        if train and targets and task.training_prompts is not None:
+            phrases, targets = task.training_prompts(targets)
         values, mask = pixels
-        return cls(task.kind, values, list(task.phrases), task.template, targets if train else None, questions, mask)
+        return cls(task.kind, values, phrases, task.template, targets if train else None, questions, mask)
 
 
 @dataclass(frozen=True)
