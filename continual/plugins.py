@@ -132,7 +132,7 @@ class TaskMetric(PluginMetric[dict]):
         return results
 
     def before_eval_exp(self, strategy):
-        self._seen = []
+        self.reset()
 
     def after_eval_iteration(self, strategy):
         targets = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in t.items()} for t in strategy.mb_y]
@@ -148,7 +148,7 @@ class TaskMetric(PluginMetric[dict]):
             return evaluator.evaluate()
 
         metrics = distributed.on_main(self._seen, evaluate)
-        self._seen = []
+        self.reset()
         self._results[task.name] = metrics
         row = strategy.clock.train_exp_counter
         return [MetricValue(self, f"{stat}/{task.name}", metrics[stat], row) for stat in LOGGED[task.kind]]

@@ -80,8 +80,8 @@ class HostModel(nn.Module):
 
 class PixelCache:
     """Images as the host's processor sizes them (uint8), kept up to ``max_mb``: the settings, seeds and
-    epochs of a run then decode and resize each image once (a processor call costs about 1 ms at 128 px, a
-    sixth of the tiny host's own work per training image). Filled first come, never evicted."""
+    epochs of a run then decode and resize each image once (a processor call costs about 1 ms here, even
+    for an image already at its size). Filled first come, never evicted."""
 
     def __init__(self, to_pixels, max_mb: int = 1024):
         self.to_pixels, self.room = to_pixels, max_mb * 2**20

@@ -235,7 +235,7 @@ class Host(nn.Module):
 
         Only the processor's geometry (resize, crop) runs here; scaling to 0-1 and the mean/std
         normalisation run on the host's device in ``pixel_batch``. Boxes stay valid as fractions of the
-        image: the processors keep or stretch the whole image, and the DETR-family models predict boxes as
+        image: the detection hosts' processors keep or stretch the whole image, and DETR-family models predict boxes as
         fractions of the unpadded region.
         """
         out = self.image_processor(images=[image.convert("RGB")], do_rescale=False, do_normalize=False,
