@@ -103,7 +103,7 @@ class DualEncoderHost(Host):
     @classmethod
     def square_processor(cls, size: int) -> CLIPImageProcessorPil:
         return CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False,
-                                  resample=PILImageResampling.BILINEAR, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+                                     resample=PILImageResampling.BILINEAR, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
     @classmethod
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "DualEncoderHost":

@@ -34,8 +34,7 @@ from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering, Vi
 from transformers.image_utils import PILImageResampling
 
 from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
-                                  local_folder,
-                                  minilm_path, read_host_meta, register_host, write_host_meta)
+                                  local_folder, minilm_path, read_host_meta, register_host, write_host_meta)
 from tasks.errors import DataError
 from tasks.questions import answer_vocabulary
 from tasks.worlds import WORLDS, WorldSizes
@@ -102,7 +101,7 @@ class ViltHost(Host):
     @classmethod
     def square_processor(cls, size: int) -> ViltImageProcessorPil:
         return ViltImageProcessorPil(size={"shortest_edge": size}, resample=PILImageResampling.BILINEAR,
-                                  image_mean=VILT_MEAN, image_std=VILT_STD)
+                                     image_mean=VILT_MEAN, image_std=VILT_STD)
 
     @classmethod
     def build_tiny(cls, image_size: int = 64, seed: int = 0) -> "ViltHost":
@@ -191,12 +190,13 @@ class ViltHost(Host):
         positions = embeddings.position_embeddings
         side = int(round((positions.shape[1] - 1) ** 0.5))
         spatial = positions[:, 1:].transpose(1, 2).reshape(1, -1, side, side)
-        grids = []
-        for h, w in zip(mask[:, :, 0].sum(1).tolist(), mask[:, 0].sum(1).tolist()):
+        sizes = list(zip(mask[:, :, 0].sum(1).tolist(), mask[:, 0].sum(1).tolist()))  # each image's (gh, gw)
+        fitted = {}  # once per distinct size: a batch of one size (the tiny host's) interpolates at most once
+        for h, w in set(sizes):
             grid = spatial if (h, w) == (side, side) else \
                 F.interpolate(spatial, size=(h, w), mode="bilinear", align_corners=True)
-            grids.append(F.pad(grid, (0, width - w, 0, height - h)))
-        spatial = torch.cat(grids).flatten(2).transpose(1, 2)  # (B, gh * gw, C)
+            fitted[h, w] = F.pad(grid, (0, width - w, 0, height - h))
+        spatial = torch.cat([fitted[size] for size in sizes]).flatten(2).transpose(1, 2)  # (B, gh * gw, C)
         cls = embeddings.cls_token.expand(batch, -1, -1)
         tokens = torch.cat([cls + positions[:, :1], patches.flatten(2).transpose(1, 2) + spatial], 1)
         return tokens, torch.cat([mask.new_ones(batch, 1), mask.flatten(1)], 1)
