@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Grounding DINO's stages: `shapes` (the shipped tiny-base: the base world's 12 names) or "
                          "`grounding` (30 colour-shape categories named by words drawn at each step, with absent "
                          "ones named too; 6 combinations held out)")
-    pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends)")
+    pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends); each "
+                                                 "validation also saves the host to OUT-snapshots/STAGE-STEP")
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",
                     help="go on from this checkpoint (e.g. builtin:tiny-base) instead of random weights")
     pt.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")

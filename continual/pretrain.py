@@ -187,8 +187,9 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
         host = host_cls.build_tiny(seed=first.train.seed)
     language_source(host).requires_grad_(False)  # see the module docstring
     record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
+    snapshots = snapshot_folder(out_dir)
     for name in names:
-        record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress))
+        record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress, snapshots))
     sizes = WorldSizes(val=cfg.report_images, image_size=cfg.image_size)
     base = load_task("synthetic:base", sizes=sizes, kind=kind)
     record["base_val"] = evaluate_task(host, base, progress=False)
@@ -202,7 +203,13 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     return record
 
 
-def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool) -> dict:
+def snapshot_folder(out_dir: Path) -> Path:
+    """Where the host is saved at each validation, beside the checkpoint: a long run can be probed while it
+    goes, and one cut short goes on ``--from`` its last snapshot."""
+    return out_dir.with_name(out_dir.name + "-snapshots")
+
+
+def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool, snapshots: Path) -> dict:
     kind = HOST_KINDS[cfg.host][0]
     task = load_task(f"synthetic:{stage.world}", sizes=WorldSizes(train=stage.train_images, val=cfg.val_images,
                                                                   image_size=cfg.image_size), kind=kind)
@@ -220,6 +227,8 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
         primary = task.metric
         history.append({"step": step, "loss": loss, primary: metrics[primary], "minutes": (time.time() - start) / 60})
         log.info("%s step %d loss %.3f %s %s %.3f", name, step, loss, stage.world, primary, metrics[primary])
+        with replaced_folder(snapshots / f"{name}-{step}") as tmp:
+            host.save_pretrained(tmp)
 
     log.info("stage %s: %d steps on synthetic:%s", name, stage.train.steps, stage.world)
     params = [p for p in host.parameters() if p.requires_grad]

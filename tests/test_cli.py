@@ -147,6 +147,9 @@ def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_
     scales = [layer.fusion_layer.vision_param for layer in
               GroundingDinoHost.from_pretrained(tmp_path / "ckpt").model.model.encoder.layers]
     assert all(abs(s.mean().item() - 0.1) < 0.01 for s in scales)  # set to 0.1, then a few small steps
+    # each validation (here the stage's last step) saved the host beside the checkpoint
+    snapshot = tmp_path / "ckpt-snapshots" / "scenes-2" / "model.safetensors"
+    assert snapshot.read_bytes() == (tmp_path / "ckpt" / "model.safetensors").read_bytes()
     evaluated = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
