@@ -80,6 +80,7 @@ class PretrainStage:
     # Grounding DINO: None prompts with the world's own names; N names the batch's categories in words drawn
     # at each step (tasks.vocabulary.PromptSampler) beside N categories absent from it
     negatives: Optional[int] = None
+    attributes: float = 0.0  # with negatives: the share of steps that name colours only or shapes only
     templates: list[str] = field(default_factory=lambda: list(CAPTION_TEMPLATES))  # dual encoder: captions
 
 
@@ -104,10 +105,10 @@ def grounding_stages() -> dict[str, PretrainStage]:
     return {
         "words": PretrainStage("grounding", 6000, TrainConfig(steps=20000, batch_size=4, lr=3e-4, weight_decay=1e-4,
                                                               warmup=600, clip=0.1, seed=2),
-                               fusion_layer_scale=0.1, negatives=6),
+                               fusion_layer_scale=0.1, negatives=6, attributes=1 / 3),
         "scenes": PretrainStage("grounding-scenes", 3000, TrainConfig(steps=4000, batch_size=4, lr=2e-4,
                                                                       weight_decay=1e-4, warmup=200, clip=0.1,
-                                                                      seed=3), negatives=6),
+                                                                      seed=3), negatives=6, attributes=1 / 3),
     }
 
 
@@ -216,7 +217,8 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
     if kind == "classification":
         task.template = tuple(stage.templates)  # each caption: the mean feature of its sentences
     if stage.negatives is not None:
-        task.training_prompts = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed)
+        task.training_prompts = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed,
+                                              attributes=stage.attributes)
     if stage.fusion_layer_scale is not None:
         set_fusion_layer_scale(host, stage.fusion_layer_scale)
     history, last, start = [], {}, time.time()

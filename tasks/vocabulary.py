@@ -69,22 +69,33 @@ class PromptSampler:
     tell apart by the other word), in random order, each named by a pretraining
     colour word and shape word drawn at random ("scarlet disc"); the targets'
     class labels are re-indexed into that list. Held-out words are never drawn.
+
+    ``attributes``: the share of steps that name one attribute only, colour or
+    shape in turn: every colour of the categories ("lime", "scarlet", ...), each
+    box labelled by its own colour; or every shape. A host trained on whole
+    phrases alone can lower its loss a long way by shape (its queries kept
+    almost no colour: a linear probe of the decoder's states told the six
+    colours apart about 20% of the time, chance 17%, where the backbone's stride-8
+    features gave 75%); "find the scarlet things" has no answer without colour.
     """
 
-    def __init__(self, categories: list[str], negatives: int, seed: int = 0):
+    def __init__(self, categories: list[str], negatives: int, seed: int = 0, attributes: float = 0.0):
         import numpy as np
 
         self.parts = [split_phrase(c) for c in categories]
         self.negatives = negatives
+        self.attributes = attributes
         self.rng = np.random.default_rng(seed)
+        self.attribute_steps = 0
 
     def name(self, index: int) -> str:
         colour, shape = self.parts[index]
         return f"{self.rng.choice(COLOURS[colour].train)} {self.rng.choice(SHAPES[shape].train)}"
 
     def __call__(self, targets: list[dict]) -> tuple[list[str], list[dict]]:
-        import torch
-
+        if self.rng.random() < self.attributes:
+            self.attribute_steps += 1
+            return self.attribute_prompt(targets, part=self.attribute_steps % 2)  # shape, colour, shape, ...
         present = sorted({int(c) for t in targets for c in t["class_labels"]})
         absent = [i for i in range(len(self.parts)) if i not in present]
         words = {w for i in present for w in self.parts[i]}
@@ -95,7 +106,20 @@ class PromptSampler:
         chosen += list(self.rng.permutation(rest)[:count - len(chosen)])
         order = [int(i) for i in self.rng.permutation(present + chosen)]
         index = {category: position for position, category in enumerate(order)}
-        relabelled = [{**t, "class_labels": torch.as_tensor([index[int(c)] for c in t["class_labels"]],
-                                                            dtype=torch.long, device=t["class_labels"].device)}
-                      for t in targets]
-        return [self.name(i) for i in order], relabelled
+        return [self.name(i) for i in order], _relabelled(targets, index)
+
+    def attribute_prompt(self, targets: list[dict], part: int) -> tuple[list[str], list[dict]]:
+        """Every value of one attribute (0: colour, 1: shape), in random order, each in a drawn word."""
+        values = sorted({p[part] for p in self.parts})
+        order = [str(v) for v in self.rng.permutation(values)]
+        words = COLOURS if part == 0 else SHAPES
+        index = {category: order.index(p[part]) for category, p in enumerate(self.parts)}
+        return [str(self.rng.choice(words[v].train)) for v in order], _relabelled(targets, index)
+
+
+def _relabelled(targets: list[dict], index: dict[int, int]) -> list[dict]:
+    """The targets with each class label c replaced by index[c]."""
+    import torch
+
+    return [{**t, "class_labels": torch.as_tensor([index[int(c)] for c in t["class_labels"]], dtype=torch.long,
+                                                  device=t["class_labels"].device)} for t in targets]

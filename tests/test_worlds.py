@@ -74,6 +74,23 @@ def test_prompt_sampler_names_present_and_absent_categories_in_drawn_words():
     assert all(len(n) > 3 for n in names.values())  # drawn anew at each step
 
 
+def test_attribute_steps_name_every_colour_or_every_shape_and_label_each_box_by_it():
+    categories = ["red circle", "blue circle", "red square", "green star"]
+    sampler = PromptSampler(categories, negatives=2, seed=0, attributes=1.0)
+    targets = [{"class_labels": torch.tensor([0, 1])}, {"class_labels": torch.tensor([2, 3])}]
+    kinds = []
+    for _ in range(4):
+        phrases, relabelled = sampler(targets)
+        labels = [int(c) for t in relabelled for c in t["class_labels"]]
+        kind = 0 if phrases[0] in {w for words in COLOURS.values() for w in words.train} else 1
+        table = COLOURS if kind == 0 else SHAPES
+        assert len(phrases) == len({split_phrase(c)[kind] for c in categories})  # every value once, absent too
+        for category, label in zip((0, 1, 2, 3), labels):
+            assert phrases[label] in table[split_phrase(categories[category])[kind]].train
+        kinds.append(kind)
+    assert kinds == [1, 0, 1, 0]  # shape and colour in turn
+
+
 def test_every_world_is_valid_coco(world_cache, small_sizes):
     for name, world in WORLDS.items():
         folder = world_folder(name, sizes=small_sizes, cache_root=world_cache)
