@@ -7,6 +7,11 @@
 - the held-out colour-shape combinations of seen words (world ``combos``: "blue square", ...);
 - zero-shot on every novel world.
 
+A second table says where the host keeps each attribute: a linear probe (logistic regression, fitted on 70% of
+the objects of the ``grounding`` world's val images, accuracy on the other 30%) from the backbone's stride-8
+features averaged over each object's box, and from the decoder's last state of the query whose box is nearest
+the object, to the object's colour and to its shape. A host whose queries forget colour cannot read colour words.
+
     .venv/bin/python bench/grounding.py                                  # the shipped builtin:tiny-base
     .venv/bin/python bench/grounding.py --checkpoint FOLDER --out bench/results
 
@@ -38,6 +43,71 @@ def probes() -> list[tuple[str, str, dict | None]]:
             *((f"zero-shot {w}", f"synthetic:{w}", None) for w in NOVEL_WORLDS)]
 
 
+def linear_probe(features, labels, train_share: float = 0.7) -> float:
+    """Held-out accuracy of a logistic regression from ``features`` (N, D) to ``labels`` (N,)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = int(len(features) * train_share)
+    mean, std = features[:n].mean(0), features[:n].std(0) + 1e-6
+    x = (features - mean) / std
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(x.shape[1], int(labels.max()) + 1)
+    optimizer = torch.optim.LBFGS(layer.parameters(), max_iter=500)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(layer(x[:n]), labels[:n]) + 1e-3 * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (layer(x[n:]).argmax(1) == labels[n:]).float().mean().item()
+
+
+def attribute_probes(host) -> list[str]:
+    """Table rows: colour and shape probe accuracy from the backbone and from the decoder's queries."""
+    import torch
+
+    from tasks.task import load_task
+    from tasks.vocabulary import split_phrase
+
+    task = load_task("synthetic:grounding", train_split=False)
+    inner = host.model.model
+    captured = {}
+    hook = inner.backbone.register_forward_hook(lambda module, args, out: captured.update(maps=out[0][0][0]))
+    features = {"backbone": [], "decoder": []}
+    attributes = []
+    try:
+        with torch.no_grad():
+            for index in range(len(task.val)):
+                image, target = task.val[index]
+                pixels, mask = host.pixel_batch([host.to_pixels(image)])
+                out = host.raw_outputs(pixels, host.prompts(task.phrases)[0], pixel_mask=mask)
+                maps = captured["maps"][0]  # (C, H, W) at stride 8
+                height, width = maps.shape[-2:]
+                for label, box in zip(target["class_labels"], target["boxes"]):
+                    cx, cy, w, h = box.tolist()
+                    x0, x1 = int((cx - w / 2) * width), max(int((cx + w / 2) * width), int((cx - w / 2) * width) + 1)
+                    y0, y1 = int((cy - h / 2) * height), max(int((cy + h / 2) * height), int((cy - h / 2) * height) + 1)
+                    features["backbone"].append(maps[:, y0:y1, x0:x1].mean((1, 2)))
+                    nearest = (out.pred_boxes[0] - box).abs().sum(-1).argmin()
+                    features["decoder"].append(out.last_hidden_state[0, nearest])
+                    attributes.append(split_phrase(task.phrases[int(label)]))
+    finally:
+        hook.remove()
+    rows = []
+    for part, name in ((0, "colour"), (1, "shape")):
+        values = sorted({a[part] for a in attributes})
+        labels = torch.tensor([values.index(a[part]) for a in attributes])
+        accuracy = [linear_probe(torch.stack(features[site]), labels) for site in ("backbone", "decoder")]
+        rows.append(f"| {name} ({len(values)}; chance {1 / len(values):.2f}) | {accuracy[0]:.2f} | {accuracy[1]:.2f} |")
+    return [f"Linear probes on {len(attributes)} objects of the grounding world's val images (accuracy on the "
+            "held-out 30%).", "", "| attribute | backbone (stride 8, box mean) | decoder (nearest query) |",
+            "|---|---|---|", *rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="builtin:tiny-base")
@@ -63,7 +133,8 @@ def main() -> None:
                     f"{metrics['mAP'] / own:.2f} |")
     lines = [f"Grounding probes of `{args.checkpoint}` (COCO mAP@[.5:.95] on each world's 100 val images; "
              f"ratio: to the base world under its own names). {time.time() - started:.0f} s.", "",
-             "| probe | phrases | mAP | AP50 | ratio |", "|---|---|---|---|---|", *rows]
+             "| probe | phrases | mAP | AP50 | ratio |", "|---|---|---|---|---|", *rows, "",
+             *attribute_probes(host)]
     print("\n".join(lines))
     if args.out:
         name = args.checkpoint.split(":")[-1].rstrip("/").split("/")[-1]

@@ -32,3 +32,19 @@ def test_costs_bench_counts_apt_on_the_tiny_vilt(capsys):
     assert set(rows) == {"apt", "deep_prompt", "full_ft"}
     assert rows["apt"]["trainable_params"] == 4 * (200 * 384 + 2 * 4 * 384 + 1)  # P, W1, W2, s per layer
     assert 1 < rows["apt"]["flops_ratio"] < rows["deep_prompt"]["flops_ratio"]  # no attention grows under APT
+
+
+def test_grounding_bench_linear_probe_reads_what_the_features_hold():
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("grounding_bench", BENCH.parent / "grounding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 6, (300,), generator=generator)
+    noise = torch.randn(300, 16, generator=generator)
+    informative = noise + 4 * torch.nn.functional.one_hot(labels, 16).float()
+    assert bench.linear_probe(informative, labels) > 0.95
+    assert bench.linear_probe(noise, labels) < 0.4  # chance is 1/6: the probe does not read labels off noise
