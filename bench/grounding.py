@@ -11,6 +11,10 @@ A second table says where the host keeps each attribute: a linear probe (logisti
 the objects of the ``grounding`` world's val images, accuracy on the other 30%) from the backbone's stride-8
 features averaged over each object's box, and from the decoder's last state of the query whose box is nearest
 the object, to the object's colour and to its shape. A host whose queries forget colour cannot read colour words.
+A last line says how far the text encoder alone relates the held-out names to the pretraining ones: for each
+base category, which of the ``grounding`` world's categories has the pretraining phrasing ("scarlet disc") nearest
+its held-out name ("crimson ball") by the host's mean-pooled text states; a host can hardly ground a synonym its
+text encoder puts nearer another category.
 
     .venv/bin/python bench/grounding.py                                  # the shipped builtin:tiny-base
     .venv/bin/python bench/grounding.py --checkpoint FOLDER --out bench/results
@@ -108,6 +112,31 @@ def attribute_probes(host) -> list[str]:
             "|---|---|---|", *rows]
 
 
+def text_neighbours(host) -> str:
+    """How many base categories' held-out names the text encoder puts nearest their own pretraining names."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from tasks.vocabulary import COLOURS, SHAPES, held_out_phrase, split_phrase
+    from tasks.worlds import WORLDS
+
+    categories = [split_phrase(c.name) for c in WORLDS["grounding"].categories]
+    phrasings = [(index, f"{colour_word} {shape_word}") for index, (colour, shape) in enumerate(categories)
+                 for colour_word, shape_word in itertools.product(COLOURS[colour].train, SHAPES[shape].train)]
+    known = F.normalize(host.phrase_embeddings([p for _, p in phrasings]), dim=-1)
+    base = [c.name for c in WORLDS["base"].categories]
+    held_out = F.normalize(host.phrase_embeddings([held_out_phrase(c) for c in base]), dim=-1)
+    nearest = [categories[phrasings[int(i)][0]] for i in (held_out @ known.T).argmax(-1)]
+    own = [split_phrase(c) for c in base]
+    same = sum(n == o for n, o in zip(nearest, own))
+    colour = sum(n[0] == o[0] for n, o in zip(nearest, own))
+    shape = sum(n[1] == o[1] for n, o in zip(nearest, own))
+    misses = ", ".join(f"{held_out_phrase(c)} -> {' '.join(n)}" for c, n, o in zip(base, nearest, own) if n != o)
+    return (f"Text encoder alone: of the {len(base)} held-out names, {same} are nearest a pretraining phrasing of "
+            f"their own category ({colour} share its colour, {shape} its shape); the others: {misses}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="builtin:tiny-base")
@@ -134,7 +163,7 @@ def main() -> None:
     lines = [f"Grounding probes of `{args.checkpoint}` (COCO mAP@[.5:.95] on each world's 100 val images; "
              f"ratio: to the base world under its own names). {time.time() - started:.0f} s.", "",
              "| probe | phrases | mAP | AP50 | ratio |", "|---|---|---|---|---|", *rows, "",
-             *attribute_probes(host)]
+             *attribute_probes(host), "", text_neighbours(host)]
     print("\n".join(lines))
     if args.out:
         name = args.checkpoint.split(":")[-1].rstrip("/").split("/")[-1]
