@@ -213,7 +213,8 @@ def cmd_pretrain(args) -> int:
 
     base = OmegaConf.structured(PretrainConfig.for_host(args.host, args.recipe))
     cfg = apply_overrides(base, args.overrides, PretrainConfig, "command line")
-    record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress())
+    record = pretrain(Path(args.out), cfg, start=args.start, only=args.stage, progress=_progress(),
+                      resume=args.resume)
     metric = next(iter(record["base_val"]))
     print(f"saved {args.out}: base val {metric} {record['base_val'][metric]:.3f}; zero-shot "
           + ", ".join(f"{w.split(':')[1]} {m[metric]:.3f}" for w, m in record["zero_shot"].items()))
@@ -347,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",
                     help="go on from this checkpoint (e.g. builtin:tiny-base) instead of random weights")
     pt.add_argument("--stage", action="append", metavar="NAME", help="run only this stage (repeatable)")
+    pt.add_argument("--resume", action="store_true",
+                    help="go on from the last validation of an interrupted run with the same command line, on the "
+                         "same batches (OUT-snapshots/state.pt); start afresh if there is none")
     pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="settings, e.g. stages.scenes.train.steps=500 stages.shapes.train_images=1000 eval_every=0")
     pt.set_defaults(func=cmd_pretrain)

@@ -38,7 +38,8 @@ from omegaconf import OmegaConf
 from continual import atomic, distributed
 from continual.config import NO_MODULE, DataConfig, RunConfig, StepConfig, TaskConfig, step_train_config, to_yaml
 from continual.hosts.base import Host, build_host
-from continual.plugins import CheckpointPlugin, RecordPlugin, StackingPlugin, TaskMetric, TrunkCachePlugin
+from continual.plugins import (CheckpointPlugin, RecordPlugin, ResumeRngPlugin, StackingPlugin, TaskMetric,
+                               TrunkCachePlugin)
 from continual.strategy import PixelCache, StepPlan, StreamStrategy, build_benchmark
 from continual.training import TrainConfig
 from evaluation.report import load_runs, run_outputs, study_outputs
@@ -329,7 +330,8 @@ class StreamRun:
         checkpoints = CheckpointPlugin(self.run_dir / CHECKPOINT, cfg.checkpoint_every, stacking, record)
         trunks = TrunkCachePlugin(host, stack, cfg.feature_cache, cfg.feature_cache_mb)
         strategy = StreamStrategy(host=host, train_tasks=self.stream_tasks, eval_tasks=self.eval_tasks,
-                                  device=self.ws.device, plugins=[stacking, trunks, record, checkpoints],
+                                  device=self.ws.device,
+                                  plugins=[stacking, ResumeRngPlugin(), trunks, record, checkpoints],
                                   evaluator=evaluator, eval_mb_size=cfg.eval_batch_size)
         benchmark = build_benchmark([t.train for t in self.stream_tasks], [t.val for t in self.eval_tasks],
                                     self.ws.pixels)

@@ -3,8 +3,9 @@
 ``CONTINUAL_CRASH_AT=EVENT:N`` kills the process with SIGKILL at the N-th
 occurrence of EVENT, exactly as an out-of-memory kill or a power cut would:
 no handler, no cleanup. Events: ``train-step`` (after an optimizer step and its
-checkpoint), ``eval-batch`` (after an evaluation minibatch), and
-``write:FILENAME`` (an atomic write of FILENAME whose temporary file is
+checkpoint), ``eval-batch`` (after an evaluation minibatch),
+``pretrain-validation`` (after a pretraining validation and its saved state),
+and ``write:FILENAME`` (an atomic write of FILENAME whose temporary file is
 complete but not yet renamed into place). With ``CONTINUAL_CRASH_MODE=raise``
 the N-th occurrence raises ``SimulatedCrash`` instead, so a test can crash and
 resume a run inside its own process (``reset()`` starts the count again).

@@ -48,7 +48,6 @@ class StackingPlugin(SupervisedPlugin, supports_distributed=True):
         self.stack, self.policy = stack, policy
         self.module = None
         self._frozen: dict | None = None
-        self._resume_rng: torch.Tensor | None = None
 
     def before_training_exp(self, strategy, **kwargs):
         plan = strategy.plan
@@ -64,15 +63,7 @@ class StackingPlugin(SupervisedPlugin, supports_distributed=True):
         if plan.resume is not None:
             self.module.load_module_state(plan.resume["module"])
             strategy.optimizer.load_state_dict(plan.resume["optimizer"])
-            self._resume_rng = plan.resume["rng"]
         distributed.broadcast_parameters(params)
-
-    def before_training_iteration(self, strategy, **kwargs):
-        # Restored here, not earlier: creating the data loader's iterator draws from
-        # the RNG, and so does the forward (dropout in the text encoder when it trains).
-        if self._resume_rng is not None:
-            torch.set_rng_state(self._resume_rng)
-            self._resume_rng = None
 
     def before_backward(self, strategy, **kwargs):
         # the method's own objective (DPT's auxiliary terms), as Avalanche's regularisation plugins do
@@ -88,7 +79,6 @@ class StackingPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_training_exp(self, strategy, **kwargs):
         self.module.requires_grad_(False)
-        self._resume_rng = None  # a resume at the very end of a step runs no iteration
         if self._frozen is None:
             return
         now = self.stack.frozen_hashes(except_module=self.module)
@@ -104,6 +94,25 @@ class StackingPlugin(SupervisedPlugin, supports_distributed=True):
 
     def after_eval(self, strategy, **kwargs):
         self.stack.use("all")
+
+
+class ResumeRngPlugin(SupervisedPlugin, supports_distributed=True):
+    """Puts back the RNG state of the checkpoint a step resumes from (``plan.resume["rng"]``) before its first
+    iteration; not earlier: creating the data loader's iterator draws from the RNG, and so does the forward
+    (dropout in the text encoder when it trains)."""
+
+    def __init__(self):
+        super().__init__()
+        self._rng: torch.Tensor | None = None
+
+    def before_training_exp(self, strategy, **kwargs):
+        resume = strategy.plan.resume
+        self._rng = resume["rng"] if resume else None  # a resume at the very end of a step runs no iteration
+
+    def before_training_iteration(self, strategy, **kwargs):
+        if self._rng is not None:
+            torch.set_rng_state(self._rng)
+            self._rng = None
 
 
 class TaskMetric(PluginMetric[dict]):
@@ -266,7 +275,7 @@ class RecordPlugin(SupervisedPlugin, supports_distributed=True):
 
 
 class PeriodicCallback(SupervisedPlugin):
-    """Calls ``callback(step, loss)`` after every ``every``-th step and after the last (pretraining's validation)."""
+    """Calls ``callback(step)`` after every ``every``-th step and after the last (pretraining's validation)."""
 
     def __init__(self, every: int, callback):
         super().__init__()
@@ -275,5 +284,5 @@ class PeriodicCallback(SupervisedPlugin):
     def after_training_iteration(self, strategy, **kwargs):
         step = strategy.step
         if (self.every and step % self.every == 0) or step == strategy.plan.train.steps:
-            self.callback(step, strategy.loss.item())
+            self.callback(step)
             strategy.model.train()

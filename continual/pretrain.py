@@ -31,6 +31,7 @@ base-world metrics and the zero-shot metrics on every novel world.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -40,9 +41,10 @@ from typing import Optional
 
 import torch
 
-from continual.atomic import replaced_folder
+from continual import atomic
 from continual.config import ConfigError
 from continual.evaluate import evaluate_task
+from continual.faults import crash_point
 from continual.hosts.base import local_folder
 from continual.hosts.dual_encoder import DualEncoderHost
 from continual.hosts.grounding_dino import GroundingDinoHost
@@ -167,11 +169,13 @@ def earlier_stages(source: str) -> list[dict]:
 
 
 def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only: list[str] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, resume: bool = False) -> dict:
     """Run the stages (all, or ``only`` those named, in config order) and save the host to ``out_dir``.
 
     ``start``: a checkpoint to go on from (its stage records are kept); None
-    builds a randomly initialised tiny host.
+    builds a randomly initialised tiny host. ``resume``: go on from the state
+    the last validation of an interrupted run with the same settings saved,
+    on the same batches (without one, start afresh).
     """
     names = list(cfg.stages) if only is None else only
     unknown = [n for n in names if n not in cfg.stages]
@@ -187,10 +191,25 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     else:
         host = host_cls.build_tiny(seed=first.train.seed)
     language_source(host).requires_grad_(False)  # see the module docstring
+    state = RunState(snapshot_folder(out_dir), json.dumps({"config": asdict(cfg), "from": start, "stages": names},
+                                                          sort_keys=True))
+    saved = state.load() if resume else None
+    if resume and saved is None:
+        log.info("nothing to resume in %s: starting afresh", state.path)
+    if saved is not None:
+        with torch.no_grad():
+            for name, param in host.named_parameters():
+                if name in saved["params"]:
+                    param.copy_(saved["params"][name])
+        state.finished = saved["finished"]
+        log.info("resuming stage %s at step %d", saved["stage"], saved["step"])
     record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
-    snapshots = snapshot_folder(out_dir)
     for name in names:
-        record["stages"].append(run_stage(host, name, cfg.stages[name], cfg, progress, snapshots))
+        if name in [s["name"] for s in state.finished]:
+            continue
+        partial = saved if saved is not None and saved["stage"] == name else None
+        state.finished.append(run_stage(host, name, cfg.stages[name], cfg, progress, state, partial))
+    record["stages"] += state.finished
     sizes = WorldSizes(val=cfg.report_images, image_size=cfg.image_size)
     base = load_task("synthetic:base", sizes=sizes, kind=kind)
     record["base_val"] = evaluate_task(host, base, progress=False)
@@ -198,43 +217,91 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     for world in NOVEL_WORLDS:
         task = load_task(f"synthetic:{world}", sizes=sizes, kind=kind)
         record["zero_shot"][f"synthetic:{world}"] = evaluate_task(host, task, progress=False)
-    with replaced_folder(out_dir) as tmp:
+    with atomic.replaced_folder(out_dir) as tmp:
         host.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
 def snapshot_folder(out_dir: Path) -> Path:
-    """Where the host is saved at each validation, beside the checkpoint: a long run can be probed while it
-    goes, and one cut short goes on ``--from`` its last snapshot."""
+    """Where the host is saved at each validation, beside the checkpoint (``STAGE-STEP``), with the state a
+    resumed run goes on from: a long run can be probed while it goes, and one cut short resumed."""
     return out_dir.with_name(out_dir.name + "-snapshots")
 
 
-def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool, snapshots: Path) -> dict:
+@dataclass
+class RunState:
+    """The state an interrupted run resumes from (``state.pt`` among the snapshots), rewritten at each
+    validation: the trained tensors, the optimizer, the RNG, the prompt sampler, the curve so far and the
+    records of the stages finished; ``settings`` (the whole config, start and stages) must match to resume.
+    Read back with ``torch.load(weights_only=True)``: tensors and plain containers only."""
+
+    folder: Path
+    settings: str
+    finished: list[dict] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "state.pt"
+
+    def save(self, host, stage: str, step: int, optimizer, sampler, losses: list[float], history: list[dict],
+             val: dict, minutes: float) -> None:
+        buffer = io.BytesIO()
+        torch.save({"settings": self.settings, "finished": self.finished, "stage": stage, "step": step,
+                    "params": {n: p.detach().cpu().clone() for n, p in host.named_parameters() if p.requires_grad},
+                    "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                    "sampler": sampler.state() if sampler else None, "losses": list(losses), "history": history,
+                    "val": val, "minutes": minutes}, buffer)
+        atomic.write_bytes(self.path, buffer.getvalue())
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        saved = torch.load(self.path, weights_only=True)
+        if saved["settings"] != self.settings:
+            raise ConfigError(f"pretrain --resume: {self.path} was saved by a run with other settings; resume with "
+                              "the same command line, or start afresh without --resume")
+        return saved
+
+
+def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progress: bool, state: RunState,
+              resume: dict | None = None) -> dict:
+    """One stage; ``resume``: the saved state of this stage to go on from."""
     kind = HOST_KINDS[cfg.host][0]
     task = load_task(f"synthetic:{stage.world}", sizes=WorldSizes(train=stage.train_images, val=cfg.val_images,
                                                                   image_size=cfg.image_size), kind=kind)
     if kind == "classification":
         task.template = tuple(stage.templates)  # each caption: the mean feature of its sentences
+    sampler = None
     if stage.negatives is not None:
-        task.training_prompts = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed,
-                                              attributes=stage.attributes)
-    if stage.fusion_layer_scale is not None:
+        sampler = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed, attributes=stage.attributes)
+        task.training_prompts = sampler
+    if stage.fusion_layer_scale is not None and resume is None:
         set_fusion_layer_scale(host, stage.fusion_layer_scale)
-    history, last, start = [], {}, time.time()
+    params = [p for p in host.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage.train.lr, weight_decay=stage.train.weight_decay)
+    history, last, earlier = [], {}, 0.0  # earlier: minutes of an interrupted run's part of the stage
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        if sampler:
+            sampler.load_state(resume["sampler"])
+        history, last, earlier = list(resume["history"]), dict(resume["val"]), resume["minutes"]
+    start = time.time()
 
-    def evaluate(step: int, loss: float) -> None:  # called every cfg.eval_every steps and after the last
+    def evaluate(step: int, losses: list[float]) -> None:  # every cfg.eval_every steps and after the last
         metrics = evaluate_task(host, task, progress=False)
         last.update(metrics)
-        primary = task.metric
-        history.append({"step": step, "loss": loss, primary: metrics[primary], "minutes": (time.time() - start) / 60})
-        log.info("%s step %d loss %.3f %s %s %.3f", name, step, loss, stage.world, primary, metrics[primary])
-        with replaced_folder(snapshots / f"{name}-{step}") as tmp:
+        primary, minutes = task.metric, earlier + (time.time() - start) / 60
+        history.append({"step": step, "loss": losses[-1], primary: metrics[primary], "minutes": minutes})
+        log.info("%s step %d loss %.3f %s %s %.3f", name, step, losses[-1], stage.world, primary, metrics[primary])
+        with atomic.replaced_folder(state.folder / f"{name}-{step}") as tmp:
             host.save_pretrained(tmp)
+        state.save(host, name, step, optimizer, sampler, losses, history, last, minutes)
+        crash_point("pretrain-validation")
 
     log.info("stage %s: %d steps on synthetic:%s", name, stage.train.steps, stage.world)
-    params = [p for p in host.parameters() if p.requires_grad]
-    fit(host, params, task, stage.train, progress, every=cfg.eval_every, callback=evaluate)
-    minutes = (time.time() - start) / 60
+    fit(host, optimizer, task, stage.train, progress, every=cfg.eval_every, callback=evaluate,
+        resume={k: resume[k] for k in ("step", "rng", "losses")} if resume else None)
+    minutes = earlier + (time.time() - start) / 60
     log.info("stage %s done in %.1f min: %s val %s %.3f", name, minutes, stage.world, task.metric, last[task.metric])
     return {"name": name, **asdict(stage), "minutes": minutes, "history": history, "val": dict(last)}

@@ -264,18 +264,22 @@ def train_once(host, plan: StepPlan, plugins: list, optimizer=None) -> StreamStr
     return strategy
 
 
-def fit(host, params: list[nn.Parameter], task, cfg: TrainConfig, progress: bool = True, every: int = 0,
-        callback=None) -> list[float]:
-    """Train ``params`` of ``host`` itself on one task (pretraining).
+def fit(host, optimizer: torch.optim.Optimizer, task, cfg: TrainConfig, progress: bool = True, every: int = 0,
+        callback=None, resume: dict | None = None) -> list[float]:
+    """Train what ``optimizer`` holds of ``host`` itself on one task (pretraining).
 
-    ``callback(step, loss)`` runs every ``every`` steps and after the last. Returns the loss per step.
+    ``callback(step, losses)`` runs every ``every`` steps and after the last, with the loss of every step so
+    far. ``resume``: {step, rng, losses} of a state saved at such a call (the optimizer already restored);
+    training goes on from there on the same batches. Returns the loss per step.
     """
-    from continual.plugins import PeriodicCallback, RecordPlugin
+    from continual.plugins import PeriodicCallback, RecordPlugin, ResumeRngPlugin
 
     record = RecordPlugin(progress)
-    plugins = [record] + ([PeriodicCallback(every, callback)] if callback else [])
-    torch.manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_once(host, StepPlan(0, task, "pretrain", train=cfg), plugins, optimizer)
+    plugins = [ResumeRngPlugin(), record]
+    if callback:
+        plugins.append(PeriodicCallback(every, lambda step: callback(step, record.losses)))
+    if resume is None:
+        torch.manual_seed(cfg.seed)
+    train_once(host, StepPlan(0, task, "pretrain", train=cfg, resume=resume), plugins, optimizer)
     host.eval()
     return record.losses

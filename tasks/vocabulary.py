@@ -89,6 +89,14 @@ class PromptSampler:
         self.rng = np.random.default_rng(seed)
         self.attribute_steps = 0
 
+    def state(self) -> dict:
+        """What a resumed pretraining run needs to draw the same prompts from here on."""
+        return {"rng": self.rng.bit_generator.state, "attribute_steps": self.attribute_steps}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.attribute_steps = state["attribute_steps"]
+
     def name(self, index: int) -> str:
         colour, shape = self.parts[index]
         return f"{self.rng.choice(COLOURS[colour].train)} {self.rng.choice(SHAPES[shape].train)}"

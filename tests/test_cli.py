@@ -129,42 +129,54 @@ TINY_PRETRAIN = ["stages.words.train.steps=3", "stages.words.train_images=16", "
                  "stages.scenes.train_images=16", "val_images=8", "eval_every=0", "report_images=8"]
 
 
-def test_pretrain_stages_write_a_loadable_checkpoint_and_their_record(_run, tmp_path):
-    """The grounding recipe, a few steps of each stage (its prompts drawn per step; tests/test_worlds.py)."""
-    first = _run("pretrain", "--recipe", "grounding", "--out", str(tmp_path / "words"), "--stage", "words",
-                 *TINY_PRETRAIN)
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = _run("pretrain", "--recipe", "grounding", "--out", str(tmp_path / "ckpt"), "--from",
-                 str(tmp_path / "words"), "--stage", "scenes", *TINY_PRETRAIN)
-    assert again.returncode == 0, again.stderr[-2000:]
-    record = json.loads((tmp_path / "ckpt" / "pretrain.json").read_text())
-    assert [(s["name"], s["world"], s["train"]["steps"], s["negatives"]) for s in record["stages"]] == [
-        ("words", "grounding", 3, 6), ("scenes", "grounding-scenes", 2, 6)]  # the earlier stage's record kept
-    assert record["started_from"] == str(tmp_path / "words") and "mAP" in record["base_val"]
+def test_pretrain_writes_its_record_resumes_bit_for_bit_and_goes_on_from_a_checkpoint(_run, tmp_path, monkeypatch):
+    """The grounding recipe, a few steps of each stage (prompts drawn per step: tests/test_worlds.py); the same run
+    cut after its first validation (inside stage words) and resumed; a stage run again from the checkpoint."""
+    from continual import faults
+    from continual.hosts.grounding_dino import GroundingDinoHost
+
+    args = ["pretrain", "--recipe", "grounding", *TINY_PRETRAIN, "eval_every=2"]
+    whole = _run(*args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    record = json.loads((tmp_path / "whole" / "pretrain.json").read_text())
+    assert [(s["name"], s["world"], s["train"]["steps"], s["negatives"], [h["step"] for h in s["history"]])
+            for s in record["stages"]] == [("words", "grounding", 3, 6, [2, 3]), ("scenes", "grounding-scenes", 2, 6, [2])]
+    assert record["started_from"] is None and "mAP" in record["base_val"]
     assert set(record["zero_shot"]) == {"synthetic:aquarium", "synthetic:fruit", "synthetic:vehicles",
                                         "synthetic:signs", "synthetic:space"}
-    from continual.hosts.grounding_dino import GroundingDinoHost
     scales = [layer.fusion_layer.vision_param for layer in
-              GroundingDinoHost.from_pretrained(tmp_path / "ckpt").model.model.encoder.layers]
+              GroundingDinoHost.from_pretrained(tmp_path / "whole").model.model.encoder.layers]
     assert all(abs(s.mean().item() - 0.1) < 0.01 for s in scales)  # set to 0.1, then a few small steps
-    # each validation (here the stage's last step) saved the host beside the checkpoint
-    snapshot = tmp_path / "ckpt-snapshots" / "scenes-2" / "model.safetensors"
-    assert snapshot.read_bytes() == (tmp_path / "ckpt" / "model.safetensors").read_bytes()
-    evaluated = _run("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "synthetic:space", "--json")
+    # each validation saved the host beside the checkpoint, the last one as it was saved
+    snapshot = tmp_path / "whole-snapshots" / "scenes-2" / "model.safetensors"
+    assert snapshot.read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", "pretrain-validation:1")
+    monkeypatch.setenv("CONTINUAL_CRASH_MODE", "raise")
+    faults.reset()
+    with pytest.raises(faults.SimulatedCrash):
+        _run(*args, "--out", tmp_path / "cut")
+    monkeypatch.delenv("CONTINUAL_CRASH_AT")
+    assert not (tmp_path / "cut").exists() and (tmp_path / "cut-snapshots" / "words-2").is_dir()
+    resumed = _run(*args, "--out", tmp_path / "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert ((tmp_path / "cut" / "model.safetensors").read_bytes()
+            == (tmp_path / "whole" / "model.safetensors").read_bytes())
+
+    def curves(folder):
+        saved = json.loads((folder / "pretrain.json").read_text())
+        return [[(h["step"], h["loss"], h["mAP"]) for h in s["history"]] for s in saved["stages"]], saved["base_val"]
+    assert curves(tmp_path / "cut") == curves(tmp_path / "whole")
+    refused = _run(*args, "stages.words.train.lr=0.001", "--out", tmp_path / "cut", "--resume")
+    assert refused.returncode == 2 and "saved by a run with other settings" in refused.stderr, refused.stderr
+
+    again = _run(*args, "--out", tmp_path / "again", "--from", tmp_path / "whole", "--stage", "scenes")
+    assert again.returncode == 0, again.stderr[-2000:]
+    record = json.loads((tmp_path / "again" / "pretrain.json").read_text())
+    assert [s["name"] for s in record["stages"]] == ["words", "scenes", "scenes"]  # the earlier records kept
+    assert record["started_from"] == str(tmp_path / "whole")
+    evaluated = _run("eval", "--checkpoint", tmp_path / "again", "--task", "synthetic:space", "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-
-
-def test_pretrain_dual_encoder_records_zero_shot_accuracy_on_every_world(_run, tmp_path):
-    out = _run("pretrain", "--host", "dual-encoder", "--out", tmp_path / "clip", "stages.captions.train.steps=2",
-               "stages.captions.train_images=24", "stages.captions.train.batch_size=4", "eval_every=0",
-               "val_images=12", "report_images=12")
-    assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads((tmp_path / "clip" / "pretrain.json").read_text())
-    assert record["host"] == "dual-encoder" and [s["name"] for s in record["stages"]] == ["captions"]
-    assert "accuracy" in record["base_val"] and len(record["zero_shot"]) == 5
-    assert "saved" in out.stdout and "zero-shot aquarium" in out.stdout
-    listed = _run("eval", "--checkpoint", tmp_path / "clip", "--task", "synthetic:fruit", "--json")
-    assert listed.returncode == 0 and "accuracy" in json.loads(listed.stdout)
 
 
 @pytest.mark.parametrize("args, message", [
