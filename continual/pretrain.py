@@ -100,8 +100,9 @@ def default_stages() -> dict[str, PretrainStage]:
 def grounding_stages() -> dict[str, PretrainStage]:
     """The grounding recipe: 30 colour-shape categories (6 combinations held out), each named at every step
     by colour and shape words drawn from tasks.vocabulary, with absent categories named too (negatives), so
-    the host must read both words of a phrase; the fusion's layer-scales at 0.1 from the start, so the text
-    reaches the image features while they form."""
+    the host must read both words of a phrase, and a third of the steps naming colours only or shapes only;
+    the fusion's layer-scales at 0.1 from the start, so the text reaches the image features while they form.
+    Not yet a working recipe (README: "Does the host read its prompt's words?")."""
     # 4 images a batch: with 6 negatives a step names 14.5 categories on average, one 64-token prompt (8 images
     # named 20.3, 1.85 prompts, each a whole forward); twice the steps see as many images as the shapes recipe.
     return {

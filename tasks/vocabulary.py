@@ -102,7 +102,7 @@ class PromptSampler:
         return f"{self.rng.choice(COLOURS[colour].train)} {self.rng.choice(SHAPES[shape].train)}"
 
     def __call__(self, targets: list[dict]) -> tuple[list[str], list[dict]]:
-        if self.rng.random() < self.attributes:
+        if self.attributes and self.rng.random() < self.attributes:  # no draw at 0: the whole-phrase recipe
             self.attribute_steps += 1
             return self.attribute_prompt(targets, part=self.attribute_steps % 2)  # shape, colour, shape, ...
         present = sorted({int(c) for t in targets for c in t["class_labels"]})
