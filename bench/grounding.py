@@ -80,14 +80,14 @@ def attribute_probes(host) -> list[str]:
             for index in range(len(task.val)):
                 image, target = task.val[index]
                 pixels, mask = host.pixel_batch([host.to_pixels(image)])
+                # the first of the world's prompts (about 20 of its 30 names): the queries read text, any text
                 out = host.raw_outputs(pixels, host.prompts(task.phrases)[0], pixel_mask=mask)
                 maps = captured["maps"][0]  # (C, H, W) at stride 8
                 height, width = maps.shape[-2:]
                 for label, box in zip(target["class_labels"], target["boxes"]):
                     cx, cy, w, h = box.tolist()
-                    x0, x1 = int((cx - w / 2) * width), max(int((cx + w / 2) * width), int((cx - w / 2) * width) + 1)
-                    y0, y1 = int((cy - h / 2) * height), max(int((cy + h / 2) * height), int((cy - h / 2) * height) + 1)
-                    features["backbone"].append(maps[:, y0:y1, x0:x1].mean((1, 2)))
+                    rows, columns = _cells(cy, h, height), _cells(cx, w, width)
+                    features["backbone"].append(maps[:, rows, columns].mean((1, 2)))
                     nearest = (out.pred_boxes[0] - box).abs().sum(-1).argmin()
                     features["decoder"].append(out.last_hidden_state[0, nearest])
                     attributes.append(split_phrase(task.phrases[int(label)]))
@@ -102,6 +102,12 @@ def attribute_probes(host) -> list[str]:
     return [f"Linear probes on {len(attributes)} objects of the grounding world's val images (accuracy on the "
             "held-out 30%).", "", "| attribute | backbone (stride 8, box mean) | decoder (nearest query) |",
             "|---|---|---|", *rows]
+
+
+def _cells(centre: float, size: float, cells: int) -> slice:
+    """The feature-map cells (at least one) that a box side covers, from its centre and size as fractions."""
+    start = int((centre - size / 2) * cells)
+    return slice(start, max(int((centre + size / 2) * cells), start + 1))
 
 
 def text_neighbours(host) -> str:

@@ -45,6 +45,17 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def write_torch(path: str | Path, value) -> Path:
+    """``torch.save`` of ``value``, written atomically (checkpoints and resumable states)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return write_bytes(path, buffer.getvalue())
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 

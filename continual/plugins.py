@@ -5,7 +5,6 @@ and the evaluated task from ``strategy.current_task``; none is told anything els
 """
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -190,12 +189,11 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
         self.save(strategy)
 
     def save(self, strategy) -> None:
-        buffer = io.BytesIO()
-        torch.save({"index": strategy.plan.index, "key": self.key, "step": strategy.step,
-                    "module": {k: v.detach().cpu().clone() for k, v in self.stacking.module.module_state().items()},
-                    "optimizer": strategy.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                    "losses": list(self.record.losses)}, buffer)
-        atomic.write_bytes(self.path, buffer.getvalue())
+        atomic.write_torch(self.path, {
+            "index": strategy.plan.index, "key": self.key, "step": strategy.step,
+            "module": {k: v.detach().cpu().clone() for k, v in self.stacking.module.module_state().items()},
+            "optimizer": strategy.optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "losses": list(self.record.losses)})
 
     def load(self, index: int, key: str) -> dict | None:
         """The checkpoint inside step ``index`` trained as ``key`` says, if the file holds one; a checkpoint of

@@ -31,7 +31,6 @@ base-world metrics and the zero-shot metrics on every novel world.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -198,10 +197,7 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     if resume and saved is None:
         log.info("nothing to resume in %s: starting afresh", state.path)
     if saved is not None:
-        with torch.no_grad():
-            for name, param in host.named_parameters():
-                if name in saved["params"]:
-                    param.copy_(saved["params"][name])
+        host.load_state_dict(saved["params"], strict=False)  # the trained tensors; the rest is as built
         state.finished = saved["finished"]
         log.info("resuming stage %s at step %d", saved["stage"], saved["step"])
     record = {"host": cfg.host, "started_from": start, "stages": earlier_stages(start) if start else []}
@@ -247,13 +243,12 @@ class RunState:
 
     def save(self, host, stage: str, step: int, optimizer, sampler, losses: list[float], history: list[dict],
              val: dict, minutes: float) -> None:
-        buffer = io.BytesIO()
-        torch.save({"settings": self.settings, "finished": self.finished, "stage": stage, "step": step,
-                    "params": {n: p.detach().cpu().clone() for n, p in host.named_parameters() if p.requires_grad},
-                    "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                    "sampler": sampler.state() if sampler else None, "losses": list(losses), "history": history,
-                    "val": val, "minutes": minutes}, buffer)
-        atomic.write_bytes(self.path, buffer.getvalue())
+        atomic.write_torch(self.path, {
+            "settings": self.settings, "finished": self.finished, "stage": stage, "step": step,
+            "params": {n: p.detach().cpu().clone() for n, p in host.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "sampler": sampler.state() if sampler else None, "losses": list(losses), "history": history,
+            "val": val, "minutes": minutes})
 
     def load(self) -> dict | None:
         if not self.path.is_file():
