@@ -99,22 +99,24 @@ def default_stages() -> dict[str, PretrainStage]:
 def grounding_stages() -> dict[str, PretrainStage]:
     """The grounding recipe: 30 colour-shape categories (6 combinations held out), each named at every step
     by colour and shape words drawn from tasks.vocabulary, with absent categories named too (negatives), so
-    the host must read both words of a phrase, and a third of the steps naming colours only or shapes only;
-    the fusion's layer-scales at 0.1 from the start, so the text reaches the image features while they form.
+    the host must read both words of a phrase, and half the steps naming colours only or shapes only;
+    the fusion's layer-scales at 0.1 from the start, so the text reaches the image features while they form;
+    the host pools each phrase's words (GroundingDinoHost.pool_phrases).
     Not yet a working recipe (README: "Does the host read its prompt's words?")."""
     # 4 images a batch: with 6 negatives a step names 14.5 categories on average, one 64-token prompt (8 images
     # named 20.3, 1.85 prompts, each a whole forward); twice the steps see as many images as the shapes recipe.
     return {
-        "words": PretrainStage("grounding", 6000, TrainConfig(steps=20000, batch_size=4, lr=3e-4, weight_decay=1e-4,
-                                                              warmup=600, clip=0.1, seed=2),
-                               fusion_layer_scale=0.1, negatives=6, attributes=1 / 3),
+        "words": PretrainStage("grounding", 6000, TrainConfig(steps=20000, batch_size=4, lr=1.5e-4,
+                                                              weight_decay=1e-4, warmup=600, clip=0.1, seed=2),
+                               fusion_layer_scale=0.1, negatives=6, attributes=0.5),
         "scenes": PretrainStage("grounding-scenes", 3000, TrainConfig(steps=4000, batch_size=4, lr=2e-4,
                                                                       weight_decay=1e-4, warmup=200, clip=0.1,
-                                                                      seed=3), negatives=6, attributes=1 / 3),
+                                                                      seed=3), negatives=6, attributes=0.5),
     }
 
 
-RECIPES = {"shapes": default_stages, "grounding": grounding_stages}  # Grounding DINO's pretraining recipes
+# Grounding DINO's pretraining recipes: their stages, and whether the host they build pools each phrase's words
+RECIPES = {"shapes": (default_stages, False), "grounding": (grounding_stages, True)}
 
 
 def dual_encoder_stages() -> dict[str, PretrainStage]:
@@ -138,6 +140,7 @@ class PretrainConfig:
     eval_every: int = 1000  # steps between validations on the stage's world (0: at its end only)
     val_images: int = 200
     report_images: int = 100  # validation images per world for pretrain.json's base and zero-shot figures
+    phrase_pooling: bool = False  # a Grounding DINO built here (no --from): GroundingDinoHost.pool_phrases
 
     @classmethod
     def for_host(cls, host: str, recipe: str = "shapes") -> "PretrainConfig":
@@ -149,7 +152,8 @@ class PretrainConfig:
             return cls(host=host, stages=vilt_stages(), eval_every=1000, val_images=100)
         if recipe not in RECIPES:
             raise ConfigError(f"pretrain: unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-        return cls(host=host, stages=RECIPES[recipe]())
+        stages, phrase_pooling = RECIPES[recipe]
+        return cls(host=host, stages=stages(), phrase_pooling=phrase_pooling)
 
 
 def set_fusion_layer_scale(host: GroundingDinoHost, value: float) -> None:
@@ -187,7 +191,7 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     if start:
         host = host_cls.from_pretrained(start)
     elif host_cls is GroundingDinoHost:
-        host = host_cls.build_tiny(cfg.image_size, seed=first.train.seed)
+        host = host_cls.build_tiny(cfg.image_size, seed=first.train.seed, phrase_pooling=cfg.phrase_pooling)
     else:
         host = host_cls.build_tiny(seed=first.train.seed)
     language_source(host).requires_grad_(False)  # see the module docstring

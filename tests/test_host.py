@@ -30,6 +30,34 @@ def test_save_pretrained_from_pretrained_identical_outputs(tiny_host, tmp_path):
     assert (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 20e6
 
 
+def _text_states(host, prompt):
+    """What the text encoder hands to the text projection, for one prompt (L, 384)."""
+    seen = []
+    handle = host.model.model.text_projection.register_forward_hook(lambda m, args, out: seen.append(args[0][0]))
+    try:
+        host.raw_outputs(_pixels(1), prompt)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_phrase_pooling_gives_each_word_its_phrase_state_and_survives_save_load(tiny_host, tmp_path):
+    pooled_host = GroundingDinoHost.build_tiny(seed=0, phrase_pooling=True)
+    (prompt,) = pooled_host.prompts(PHRASES)
+    pooled, plain = _text_states(pooled_host, prompt), _text_states(tiny_host, prompt)
+    for a, b in prompt.spans:
+        assert torch.allclose(pooled[a:b], plain[a:b].mean(0).expand(b - a, -1), atol=1e-5)
+    first, second = prompt.spans[0], prompt.spans[1]
+    assert not torch.allclose(pooled[first[0]], pooled[second[0]])  # phrases stay apart
+    assert not torch.allclose(plain[first[0]], plain[first[0] + 1])  # the plain host keeps its tokens
+    words = {i for a, b in prompt.spans for i in range(a, b)}
+    others = [i for i in range(int(prompt.attention_mask.sum())) if i not in words]  # [CLS], '.', [SEP]
+    assert torch.equal(pooled[others], plain[others])
+    pooled_host.save_pretrained(tmp_path / "pooled")
+    loaded = build_host(str(tmp_path / "pooled"))
+    assert torch.equal(_text_states(loaded, prompt), pooled)
+
+
 def test_phrase_spans_match_grounding_dino_label_maps(tiny_host):
     (prompt,) = tiny_host.prompts(PHRASES)
     label_maps = build_label_maps(torch.zeros(1, 1, 64), prompt.input_ids)[0]

@@ -40,11 +40,12 @@ XMHA_LINEARS = ("vision_proj", "text_proj", "values_vision_proj", "values_text_p
                 "out_text_proj")
 
 
-def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
+def tiny_config(image_size: int = 128, phrase_pooling: bool = False) -> GroundingDinoConfig:
     """A Grounding DINO small enough to train on two CPU cores.
 
     Swin with 3 stages (strides 8, 16, 32 after the stem's 4), two feature levels
     fed to a 64-wide encoder and decoder; fusion space E = encoder_ffn_dim // 2.
+    ``phrase_pooling``: see GroundingDinoHost.pool_phrases (saved in config.json).
     """
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=32, depths=[2, 2, 2],
                           num_heads=[2, 4, 8], window_size=8, drop_path_rate=0.0,
@@ -55,6 +56,7 @@ def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
         encoder_layers=2, decoder_layers=2, encoder_ffn_dim=256, decoder_ffn_dim=256,
         encoder_attention_heads=4, decoder_attention_heads=4, num_feature_levels=2,
         num_queries=30, max_text_len=64, dropout=0.0, fusion_droppath=0.0, auxiliary_loss=True,
+        phrase_pooling=phrase_pooling,
     )
 
 
@@ -83,6 +85,11 @@ class GroundingDinoHost(Host):
                  image_processor=None):
         super().__init__(model, tokenizer, image_size, source, image_processor)
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
+        if getattr(model.config, "phrase_pooling", False):
+            special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                       *tokenizer.convert_tokens_to_ids(list(DELIMITERS))]
+            self.register_buffer("special_token_ids", torch.tensor(special), persistent=False)
+            model.model.text_backbone.register_forward_hook(self.pool_phrases, with_kwargs=True)
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -114,9 +121,9 @@ class GroundingDinoHost(Host):
                                               image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
     @classmethod
-    def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
+    def build_tiny(cls, image_size: int = 128, seed: int = 0, phrase_pooling: bool = False) -> "GroundingDinoHost":
         torch.manual_seed(seed)
-        model = GroundingDinoForObjectDetection(tiny_config(image_size))
+        model = GroundingDinoForObjectDetection(tiny_config(image_size, phrase_pooling))
         load_minilm(model.model.text_backbone, pooling=False)
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
 
@@ -126,6 +133,31 @@ class GroundingDinoHost(Host):
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(t_size_config(image_size))
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:t-size")
+
+    def pool_phrases(self, text_backbone, args, kwargs, output):
+        """Forward hook on the text encoder: each word token's state becomes the mean over its phrase's words.
+
+        Grounding DINO scores a query against each token and trains every token
+        of a phrase towards the phrase's target. Token by token, "circle" in the
+        negative "blue circle" must score low where "circle" in the positive "red
+        circle" scores high, while the two are almost the same vector: a host
+        trained so settles on shape and gives every token of a phrase the same
+        score. Pooled, every token carries the whole phrase (OWL-ViT's one
+        embedding per query, and MiniLM's own sentence pooling, where its
+        knowledge of synonyms lives). Phrases are HF's attention blocks (the
+        mask reaching the encoder), or the whole text for a 2-D mask; [CLS],
+        [SEP], padding and the delimiters keep their own states.
+        """
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if mask is None:
+            mask = torch.ones_like(input_ids)
+        blocks = mask[:, 0].bool() if mask.dim() == 4 else mask.bool()[:, None, :] & mask.bool()[:, :, None]
+        words = ~torch.isin(input_ids, self.special_token_ids)
+        share = (blocks & words[:, None, :] & words[:, :, None]).to(output.last_hidden_state.dtype)
+        pooled = share @ output.last_hidden_state / share.sum(-1, keepdim=True).clamp(min=1)
+        states = torch.where(words[..., None], pooled, output.last_hidden_state)
+        return type(output)(**{**output, "last_hidden_state": states})  # a new output: the trunk cache keeps its own
 
     def phrase_embeddings(self, phrases: list[str]) -> torch.Tensor:
         """The text encoder's token states, mean-pooled (MiniLM's own sentence pooling)."""
