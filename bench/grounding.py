@@ -165,7 +165,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    host = build_host(args.checkpoint).eval()  # every probe reads the host as it predicts: no dropout
+    host = build_host(args.checkpoint)  # in eval mode, as it predicts
     started = time.time()
     rows, own = [], None
     for probe, spec, overrides in probes():

@@ -158,6 +158,9 @@ class Host(nn.Module):
         self.batch_readers: list = []
         # The host's own tensors, so that modules attached later never enter the fingerprint.
         self._base_names = frozenset(self.model.state_dict())
+        # The wrapper's mode is the model's (nn.Module starts in train mode): evaluate_task restores the
+        # wrapper's, which would otherwise switch a fresh host's dropout on.
+        self.train(model.training)
 
     # -- identity -------------------------------------------------------------
     def fingerprint(self) -> str:
