@@ -42,7 +42,8 @@ def _text_states(host, prompt):
 
 
 def test_phrase_pooling_gives_each_word_its_phrase_state_and_survives_save_load(tiny_host, tmp_path):
-    pooled_host = GroundingDinoHost.build_tiny(seed=0, phrase_pooling=True)
+    pooled_host = GroundingDinoHost.build_tiny(seed=0)
+    pooled_host.set_phrase_pooling(True)
     (prompt,) = pooled_host.prompts(PHRASES)
     pooled, plain = _text_states(pooled_host, prompt), _text_states(tiny_host, prompt)
     for a, b in prompt.spans:
@@ -56,6 +57,8 @@ def test_phrase_pooling_gives_each_word_its_phrase_state_and_survives_save_load(
     pooled_host.save_pretrained(tmp_path / "pooled")
     loaded = build_host(str(tmp_path / "pooled"))
     assert torch.equal(_text_states(loaded, prompt), pooled)
+    loaded.set_phrase_pooling(False)
+    assert torch.equal(_text_states(loaded, prompt), plain)
 
 
 def test_phrase_spans_match_grounding_dino_label_maps(tiny_host):

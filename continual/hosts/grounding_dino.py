@@ -40,12 +40,11 @@ XMHA_LINEARS = ("vision_proj", "text_proj", "values_vision_proj", "values_text_p
                 "out_text_proj")
 
 
-def tiny_config(image_size: int = 128, phrase_pooling: bool = False) -> GroundingDinoConfig:
+def tiny_config(image_size: int = 128) -> GroundingDinoConfig:
     """A Grounding DINO small enough to train on two CPU cores.
 
     Swin with 3 stages (strides 8, 16, 32 after the stem's 4), two feature levels
     fed to a 64-wide encoder and decoder; fusion space E = encoder_ffn_dim // 2.
-    ``phrase_pooling``: see GroundingDinoHost.pool_phrases (saved in config.json).
     """
     backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=32, depths=[2, 2, 2],
                           num_heads=[2, 4, 8], window_size=8, drop_path_rate=0.0,
@@ -56,7 +55,6 @@ def tiny_config(image_size: int = 128, phrase_pooling: bool = False) -> Groundin
         encoder_layers=2, decoder_layers=2, encoder_ffn_dim=256, decoder_ffn_dim=256,
         encoder_attention_heads=4, decoder_attention_heads=4, num_feature_levels=2,
         num_queries=30, max_text_len=64, dropout=0.0, fusion_droppath=0.0, auxiliary_loss=True,
-        phrase_pooling=phrase_pooling,
     )
 
 
@@ -85,11 +83,11 @@ class GroundingDinoHost(Host):
                  image_processor=None):
         super().__init__(model, tokenizer, image_size, source, image_processor)
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
-        if getattr(model.config, "phrase_pooling", False):
-            special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
-                       *tokenizer.convert_tokens_to_ids(list(DELIMITERS))]
-            self.register_buffer("special_token_ids", torch.tensor(special), persistent=False)
-            model.model.text_backbone.register_forward_hook(self.pool_phrases, with_kwargs=True)
+        special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                   *tokenizer.convert_tokens_to_ids(list(DELIMITERS))]
+        self.register_buffer("special_token_ids", torch.tensor(special), persistent=False)
+        self._pooling = None  # the hook's handle while phrases are pooled
+        self.set_phrase_pooling(getattr(model.config, "phrase_pooling", False))
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -121,9 +119,9 @@ class GroundingDinoHost(Host):
                                               image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
 
     @classmethod
-    def build_tiny(cls, image_size: int = 128, seed: int = 0, phrase_pooling: bool = False) -> "GroundingDinoHost":
+    def build_tiny(cls, image_size: int = 128, seed: int = 0) -> "GroundingDinoHost":
         torch.manual_seed(seed)
-        model = GroundingDinoForObjectDetection(tiny_config(image_size, phrase_pooling))
+        model = GroundingDinoForObjectDetection(tiny_config(image_size))
         load_minilm(model.model.text_backbone, pooling=False)
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
 
@@ -133,6 +131,15 @@ class GroundingDinoHost(Host):
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(t_size_config(image_size))
         return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:t-size")
+
+    def set_phrase_pooling(self, on: bool) -> None:
+        """Switch pool_phrases on or off; the model's config (config.json) keeps the choice."""
+        self.model.config.phrase_pooling = on
+        if on and self._pooling is None:
+            self._pooling = self.model.model.text_backbone.register_forward_hook(self.pool_phrases, with_kwargs=True)
+        elif not on and self._pooling is not None:
+            self._pooling.remove()
+            self._pooling = None
 
     def pool_phrases(self, text_backbone, args, kwargs, output):
         """Forward hook on the text encoder: each word token's state becomes the mean over its phrase's words.
