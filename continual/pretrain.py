@@ -83,6 +83,7 @@ class PretrainStage:
     negatives: Optional[int] = None
     attributes: float = 0.0  # with negatives: the share of steps that name colours only or shapes only
     phrase_pooling: Optional[bool] = None  # Grounding DINO: switch GroundingDinoHost.pool_phrases on/off first
+    phrase_contrast: float = 0.0  # Grounding DINO: weight of continual.hosts.phrase_contrast in the stage's loss
     templates: list[str] = field(default_factory=lambda: list(CAPTION_TEMPLATES))  # dual encoder: captions
 
 
@@ -103,7 +104,9 @@ def grounding_stages() -> dict[str, PretrainStage]:
     Stage ``words``: 30 colour-shape categories (6 combinations held out), each named at every step by colour
     and shape words drawn from tasks.vocabulary, with absent categories named too (negatives), so the host
     must read both words of a phrase; half the steps name colours only or shapes only; each phrase's words
-    pooled (GroundingDinoHost.pool_phrases). Stage ``word-scenes``: the same on every world's backgrounds.
+    pooled (GroundingDinoHost.pool_phrases); a cross-entropy over the prompt's phrases for each matched query
+    beside the focal loss (continual.hosts.phrase_contrast). Stage ``word-scenes``: the same on every world's
+    backgrounds.
     From random weights the words stages alone left a shape detector after 6,000 steps (README: "Does the
     host read its prompt's words?"); the ``shapes`` host already reads colour from its queries.
     """
@@ -113,10 +116,11 @@ def grounding_stages() -> dict[str, PretrainStage]:
         **default_stages(),
         "words": PretrainStage("grounding", 6000, TrainConfig(steps=10000, batch_size=4, lr=1.5e-4,
                                                               weight_decay=1e-4, warmup=600, clip=0.1, seed=4),
-                               negatives=6, attributes=0.5, phrase_pooling=True),
+                               negatives=6, attributes=0.5, phrase_pooling=True, phrase_contrast=1.0),
         "word-scenes": PretrainStage("grounding-scenes", 3000, TrainConfig(steps=2000, batch_size=4, lr=1e-4,
                                                                            weight_decay=1e-4, warmup=200, clip=0.1,
-                                                                           seed=5), negatives=6, attributes=0.5),
+                                                                           seed=5), negatives=6, attributes=0.5,
+                                      phrase_contrast=1.0),
     }
 
 
@@ -280,6 +284,8 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
     if stage.negatives is not None:
         sampler = PromptSampler(task.phrases, stage.negatives, seed=stage.train.seed, attributes=stage.attributes)
         task.training_prompts = sampler
+    if isinstance(host, GroundingDinoHost):
+        host.phrase_contrast = stage.phrase_contrast
     if stage.fusion_layer_scale is not None and resume is None:
         set_fusion_layer_scale(host, stage.fusion_layer_scale)
     params = [p for p in host.parameters() if p.requires_grad]

@@ -135,6 +135,34 @@ def test_loss_trains_and_keeps_labels_per_prompt(tiny_host):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_phrase_contrast_is_the_cross_entropy_of_the_matched_query_over_the_phrases(tiny_host):
+    from types import SimpleNamespace
+
+    from continual.hosts.phrase_contrast import phrase_contrast_loss
+
+    spans = [(1, 3), (4, 6)]  # two phrases of two tokens
+    logits = torch.full((1, 3, 64), float("-inf"))
+    logits[..., 1:3], logits[..., 4:6] = 5.0, -5.0  # every query: phrase 0 far above phrase 1
+    boxes = torch.tensor([[[.3, .3, .2, .2], [.8, .8, .1, .1], [.1, .8, .1, .1]]])
+    outputs = SimpleNamespace(logits=logits, pred_boxes=boxes)
+    target = {"boxes": torch.tensor([[.3, .3, .2, .2]])}  # query 0's box: the match
+    own = phrase_contrast_loss(outputs, spans, [{**target, "class_labels": torch.tensor([0])}], tiny_host.model.config)
+    other = phrase_contrast_loss(outputs, spans, [{**target, "class_labels": torch.tensor([1])}],
+                                 tiny_host.model.config)
+    assert own.item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(-10.0)).item(), abs=1e-6)
+    assert other.item() == pytest.approx(10.0, abs=1e-3)
+    targets = [{"class_labels": torch.tensor([0, 2]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .6, .3, .2]])},
+               {"class_labels": torch.tensor([3]), "boxes": torch.tensor([[.5, .5, .4, .4]])}]
+    batch = Batch("detection", _pixels(), PHRASES, targets=targets)
+    plain, _ = tiny_host.loss(batch)
+    tiny_host.phrase_contrast = 2.0
+    try:
+        weighted, parts = tiny_host.loss(batch)
+    finally:
+        tiny_host.phrase_contrast = 0.0
+    assert weighted.item() == pytest.approx(plain.item() + 2.0 * parts["loss_phrase"].item(), rel=1e-5)
+
+
 def test_unknown_builtin_checkpoint():
     with pytest.raises(HostError, match="unknown built-in host 'builtin:nothing-here'; known: .*tiny-base"):
         build_host("builtin:nothing-here")

@@ -25,6 +25,7 @@ from continual import distributed
 from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
                                   load_minilm, local_folder, minilm_path, read_host_meta, register_host,
                                   write_host_meta)
+from continual.hosts.phrase_contrast import phrase_contrast_loss
 from continual.hosts.prompts import DELIMITERS, TextPrompt, build_prompts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,6 +88,7 @@ class GroundingDinoHost(Host):
                    *tokenizer.convert_tokens_to_ids(list(DELIMITERS))]
         self.register_buffer("special_token_ids", torch.tensor(special), persistent=False)
         self._pooling = None  # the hook's handle while phrases are pooled
+        self.phrase_contrast = 0.0  # weight of continual.hosts.phrase_contrast in loss() (pretraining sets it)
         self.set_phrase_pooling(getattr(model.config, "phrase_pooling", False))
 
     # -- construction -----------------------------------------------------------
@@ -324,6 +326,10 @@ class GroundingDinoHost(Host):
             total = total + out.loss * share / len(prompt_list)
             for k, v in out.loss_dict.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(prompt_list)
+            if self.phrase_contrast:
+                contrast = phrase_contrast_loss(out, prompt.spans, labels, self.model.config)
+                total = total + self.phrase_contrast * contrast / len(prompt_list)
+                parts["loss_phrase"] = parts.get("loss_phrase", 0.0) + contrast.detach() / len(prompt_list)
         return total, parts
 
     @torch.no_grad()
