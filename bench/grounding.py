@@ -152,6 +152,46 @@ def text_readout(host) -> str:
             f"held-out names (mean rank {rank:.1f}; 0 is first).")
 
 
+def word_reader(overrides: dict | None, levels=(0.9, 0.1, 0.01), top_k: int = 100) -> float:
+    """mAP on the base world of an oracle that reads both words of every phrase: each object's exact box with
+    every phrase of the prompt, scored ``levels[0]`` where the phrase names the object's colour and shape,
+    ``levels[1]`` where it names one of them, ``levels[2]`` neither (ties broken at random), its best ``top_k``
+    per image as a host's. What the probe can show at best: COCO AP ranks each phrase's detections over all
+    images and reads no score level."""
+    import torch
+
+    from tasks.task import load_task
+    from tasks.vocabulary import split_phrase
+
+    own = [split_phrase(p) for p in load_task("synthetic:base", train_split=False).phrases]  # what the objects are
+    task = load_task("synthetic:base", phrase_overrides=overrides, train_split=False)
+    evaluator = task.evaluator()
+    asked = [tuple(phrase.split(" ", 1)) for phrase in task.phrases]  # the words each phrase names
+    generator = torch.Generator().manual_seed(0)
+    for index in range(len(task.val)):
+        _, target = task.val[index]
+        found = [(box, phrase, levels[2 - (words[0] == own[int(c)][0]) - (words[1] == own[int(c)][1])])
+                 for c, box in zip(target["class_labels"], target["boxes"]) for phrase, words in enumerate(asked)]
+        scores = torch.tensor([level for *_, level in found]) + 1e-3 * torch.rand(len(found), generator=generator)
+        best = scores.argsort(descending=True)[:top_k]
+        boxes = torch.stack([box for box, *_ in found])[best]
+        evaluator.process([target], [{"boxes": torch.cat([boxes[:, :2] - boxes[:, 2:] / 2,
+                                                          boxes[:, :2] + boxes[:, 2:] / 2], 1),
+                                      "scores": scores[best], "labels": torch.tensor([f[1] for f in found])[best]}])
+    return evaluator.evaluate()["mAP"]
+
+
+def word_reader_line() -> str:
+    from tasks.vocabulary import swapped_phrase
+    from tasks.worlds import WORLDS
+
+    base = [c.name for c in WORLDS["base"].categories]
+    own, swapped = word_reader(None), word_reader({p: swapped_phrase(p) for p in base})
+    return (f"A reader of both words (an oracle: each object's exact box, 0.9 for a phrase naming its colour and "
+            f"shape, 0.1 for one of them, 0.01 for neither): own names {own:.3f}, swapped colour words "
+            f"{swapped:.3f} ({swapped / own:.2f}).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="builtin:tiny-base")
@@ -178,7 +218,8 @@ def main() -> None:
     lines = [f"Grounding probes of `{args.checkpoint}` (COCO mAP@[.5:.95] on each world's 100 val images; "
              f"ratio: to the base world under its own names). {time.time() - started:.0f} s.", "",
              "| probe | phrases | mAP | AP50 | ratio |", "|---|---|---|---|---|", *rows, "",
-             *attribute_probes(host), "", text_readout(host)]
+             *attribute_probes(host), "", text_readout(host), "",
+             word_reader_line()]
     print("\n".join(lines))
     if args.out:
         name = args.checkpoint.split(":")[-1].rstrip("/").split("/")[-1]
