@@ -147,7 +147,7 @@ def test_pretrain_writes_its_record_resumes_bit_for_bit_and_goes_on_from_a_check
     assert record["started_from"] is None and "mAP" in record["base_val"]
     assert set(record["zero_shot"]) == {"synthetic:aquarium", "synthetic:fruit", "synthetic:vehicles",
                                         "synthetic:signs", "synthetic:space"}
-    assert GroundingDinoHost.from_pretrained(tmp_path / "whole")._pooling is not None  # stage words switched it on
+    assert GroundingDinoHost.from_pretrained(tmp_path / "whole").model.config.phrase_pooling  # stage words set it
     # each validation saved the host beside the checkpoint, the last one as it was saved
     snapshot = tmp_path / "whole-snapshots" / "word-scenes-2" / "model.safetensors"
     assert snapshot.read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
