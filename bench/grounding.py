@@ -3,7 +3,8 @@
 - the base world under its own category names ("red circle");
 - the same images under held-out synonyms, words no pretraining used ("crimson ball", tasks.vocabulary);
 - the same images with the colour words swapped between categories ("blue circle" asked for the red circles):
-  a host that grounds colour words finds almost nothing there;
+  a host that reads colour words ranks the red circles below the blue ones there (word_reader: how far that
+  lowers COCO AP, which reads ranks, not score levels);
 - the held-out colour-shape combinations of seen words (world ``combos``: "blue square", ...);
 - zero-shot on every novel world.
 
@@ -11,10 +12,13 @@ A second table says where the host keeps each attribute: a linear probe (ridge-r
 the objects of the ``grounding`` world's val images, accuracy on the other 30%) from the backbone's stride-8
 features averaged over each object's box, and from the decoder's last state of the query whose box is nearest
 the object, to the object's colour and to its shape. A host whose queries forget colour cannot read colour words.
-A last line says how far the text encoder alone carries the held-out names: a linear map from its mean-pooled
+A line says how often the query nearest each base-world object scores the object's own phrase highest, and whether
+the misses share its shape or its colour.
+A line says how far the text encoder alone carries the held-out names: a linear map from its mean-pooled
 phrase states to the ``grounding`` world's categories, fitted on all their pretraining phrasings ("scarlet disc"),
 scores each held-out name ("crimson ball") against the base categories; a host can hardly ground a synonym that
-no map fitted on the pretraining words carries to its category.
+no map fitted on the pretraining words carries to its category. A last line: what a perfect reader of both
+words scores under own and swapped names (word_reader).
 
     .venv/bin/python bench/grounding.py                                  # the shipped builtin:tiny-base
     .venv/bin/python bench/grounding.py --checkpoint FOLDER --out bench/results
@@ -112,6 +116,37 @@ def attribute_probes(host) -> list[str]:
     return [f"Linear probes on {len(attributes)} objects of the grounding world's val images (accuracy on the "
             "held-out 30%).", "", "| attribute | backbone (stride 8, box mean) | decoder (nearest query) |",
             "|---|---|---|", *rows]
+
+
+def phrase_choices(host) -> str:
+    """On the base world's val images under its own names: how often the query nearest each object scores the
+    object's own phrase highest, and what the misses share with it."""
+    import torch
+
+    from tasks.task import load_task
+    from tasks.vocabulary import split_phrase
+
+    task = load_task("synthetic:base", train_split=False)
+    own_words = [split_phrase(p) for p in task.phrases]
+    (prompt,) = host.prompts(task.phrases)
+    right, same_shape, same_colour, objects = 0, 0, 0, 0
+    with torch.no_grad():
+        for index in range(len(task.val)):
+            image, target = task.val[index]
+            pixels, mask = host.pixel_batch([host.to_pixels(image)])
+            out = host.raw_outputs(pixels, prompt, pixel_mask=mask)
+            probs = out.logits.sigmoid()[0]
+            scores = torch.stack([probs[:, a:b].amax(-1) for a, b in prompt.spans], -1)  # as predict scores
+            for label, box in zip(target["class_labels"], target["boxes"]):
+                nearest = (out.pred_boxes[0] - box).abs().sum(-1).argmin()
+                chosen, own = own_words[int(scores[nearest].argmax())], own_words[int(label)]
+                objects += 1
+                right += chosen == own
+                same_shape += chosen != own and chosen[1] == own[1]
+                same_colour += chosen != own and chosen[0] == own[0]
+    return (f"Phrase choice: on the base world's {objects} val objects, the query nearest each object scores its "
+            f"own phrase highest for {right / objects:.0%}; the misses name its shape ({same_shape / objects:.0%})"
+            f" or its colour ({same_colour / objects:.0%}) with another word, or neither.")
 
 
 def _cells(centre: float, size: float, cells: int) -> slice:
@@ -218,8 +253,8 @@ def main() -> None:
     lines = [f"Grounding probes of `{args.checkpoint}` (COCO mAP@[.5:.95] on each world's 100 val images; "
              f"ratio: to the base world under its own names). {time.time() - started:.0f} s.", "",
              "| probe | phrases | mAP | AP50 | ratio |", "|---|---|---|---|---|", *rows, "",
-             *attribute_probes(host), "", text_readout(host), "",
-             word_reader_line()]
+             *attribute_probes(host), "", phrase_choices(host), "",
+             text_readout(host), "", word_reader_line()]
     print("\n".join(lines))
     if args.out:
         name = args.checkpoint.split(":")[-1].rstrip("/").split("/")[-1]
