@@ -149,11 +149,9 @@ class GroundingDinoHost(Host):
         Grounding DINO scores a query against each token and trains every token
         of a phrase towards the phrase's target. Token by token, "circle" in the
         negative "blue circle" must score low where "circle" in the positive "red
-        circle" scores high, while the two are almost the same vector: a host
-        trained so settles on shape and gives every token of a phrase the same
-        score. Pooled, every token carries the whole phrase (OWL-ViT's one
-        embedding per query, and MiniLM's own sentence pooling, where its
-        knowledge of synonyms lives). Phrases are HF's attention blocks (the
+        circle" scores high, while the two are almost the same vector. Pooled,
+        every token carries the whole phrase (OWL-ViT's one embedding per query,
+        and MiniLM's own sentence pooling). Phrases are HF's attention blocks (the
         mask reaching the encoder), or the whole text for a 2-D mask; [CLS],
         [SEP], padding and the delimiters keep their own states.
         """
