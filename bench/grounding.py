@@ -102,7 +102,7 @@ def attribute_probes(host) -> list[str]:
                     cx, cy, w, h = box.tolist()
                     rows, columns = _cells(cy, h, height), _cells(cx, w, width)
                     features["backbone"].append(maps[:, rows, columns].mean((1, 2)))
-                    nearest = (out.pred_boxes[0] - box).abs().sum(-1).argmin()
+                    nearest = _nearest_query(out.pred_boxes[0], box)
                     features["decoder"].append(out.last_hidden_state[0, nearest])
                     attributes.append(split_phrase(task.phrases[int(label)]))
     finally:
@@ -135,10 +135,9 @@ def phrase_choices(host) -> str:
             image, target = task.val[index]
             pixels, mask = host.pixel_batch([host.to_pixels(image)])
             out = host.raw_outputs(pixels, prompt, pixel_mask=mask)
-            probs = out.logits.sigmoid()[0]
-            scores = torch.stack([probs[:, a:b].amax(-1) for a, b in prompt.spans], -1)  # as predict scores
+            scores = host.phrase_scores(out.logits[0], prompt)  # as predict scores them
             for label, box in zip(target["class_labels"], target["boxes"]):
-                nearest = (out.pred_boxes[0] - box).abs().sum(-1).argmin()
+                nearest = _nearest_query(out.pred_boxes[0], box)
                 chosen, own = own_words[int(scores[nearest].argmax())], own_words[int(label)]
                 objects += 1
                 right += chosen == own
@@ -147,6 +146,11 @@ def phrase_choices(host) -> str:
     return (f"Phrase choice: on the base world's {objects} val objects, the query nearest each object scores its "
             f"own phrase highest for {right / objects:.0%}; the misses name its shape ({same_shape / objects:.0%})"
             f" or its colour ({same_colour / objects:.0%}) with another word, or neither.")
+
+
+def _nearest_query(pred_boxes, box):
+    """The query whose predicted box (cxcywh) is nearest ``box`` in L1."""
+    return (pred_boxes - box).abs().sum(-1).argmin()
 
 
 def _cells(centre: float, size: float, cells: int) -> slice:
@@ -194,6 +198,7 @@ def word_reader(overrides: dict | None, levels=(0.9, 0.1, 0.01), top_k: int = 10
     per image as a host's. What the probe can show at best: COCO AP ranks each phrase's detections over all
     images and reads no score level."""
     import torch
+    from transformers.image_transforms import center_to_corners_format
 
     from tasks.task import load_task
     from tasks.vocabulary import split_phrase
@@ -210,8 +215,7 @@ def word_reader(overrides: dict | None, levels=(0.9, 0.1, 0.01), top_k: int = 10
         scores = torch.tensor([level for *_, level in found]) + 1e-3 * torch.rand(len(found), generator=generator)
         best = scores.argsort(descending=True)[:top_k]
         boxes = torch.stack([box for box, *_ in found])[best]
-        evaluator.process([target], [{"boxes": torch.cat([boxes[:, :2] - boxes[:, 2:] / 2,
-                                                          boxes[:, :2] + boxes[:, 2:] / 2], 1),
+        evaluator.process([target], [{"boxes": center_to_corners_format(boxes),
                                       "scores": scores[best], "labels": torch.tensor([f[1] for f in found])[best]}])
     return evaluator.evaluate()["mAP"]
 

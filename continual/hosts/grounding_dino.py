@@ -341,8 +341,7 @@ class GroundingDinoHost(Host):
         pixel_values, per_prompt = batch.pixels, []
         for prompt in self.prompts(batch.phrases):
             out = self.raw_outputs(pixel_values, prompt, pixel_mask=batch.pixel_mask)
-            probs = out.logits.sigmoid()  # (B, Q, max_text_len)
-            scores = torch.stack([probs[..., a:b].amax(-1) for a, b in prompt.spans], -1)  # (B, Q, C)
+            scores = self.phrase_scores(out.logits, prompt)  # (B, Q, C)
             labels = torch.tensor(prompt.phrase_indices, device=scores.device).expand_as(scores)
             boxes = _cxcywh_to_xyxy(out.pred_boxes).unsqueeze(2).expand(-1, -1, scores.shape[-1], -1)
             per_prompt.append((scores.flatten(1), labels.flatten(1), boxes.flatten(1, 2)))
@@ -351,6 +350,14 @@ class GroundingDinoHost(Host):
         best = scores.topk(k, dim=1).indices
         return [{"scores": scores[i, best[i]], "labels": labels[i, best[i]], "boxes": boxes[i, best[i]].clamp(0, 1)}
                 for i in range(scores.shape[0])]
+
+
+    @staticmethod
+    def phrase_scores(logits: torch.Tensor, prompt: TextPrompt) -> torch.Tensor:
+        """(..., Q, max_text_len) token logits -> (..., Q, phrases): a phrase's score for a query is the highest
+        token probability in its span."""
+        probs = logits.sigmoid()
+        return torch.stack([probs[..., a:b].amax(-1) for a, b in prompt.spans], -1)
 
 
 def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
