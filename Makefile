@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv pretrain pretrain-clip pretrain-vilt clean
+.PHONY: demo test test-fast venv pretrain pretrain-clip pretrain-vilt clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the local CPU wheel; the constraint keeps it there.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,avalanche]'
 	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
 	touch $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=15 tests
+
+# The unit-level subset (tests marked `fast`) for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m fast tests
 
 pretrain: $(STAMP)
 	$(BIN)/continual pretrain --out continual/checkpoints/tiny-base

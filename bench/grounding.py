@@ -238,8 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     import transformers
 
-    from continual.evaluate import evaluate_task
     from continual.hosts.base import build_host
+    from continual.loop import evaluate
     from tasks.task import load_task
 
     transformers.logging.set_verbosity_error()
@@ -249,7 +249,7 @@ def main() -> None:
     rows, own = [], None
     for probe, spec, overrides in probes():
         task = load_task(spec, phrase_overrides=overrides, train_split=False)
-        metrics = evaluate_task(host, task, progress=False)
+        metrics = evaluate(host, task, progress=False)
         own = own if own is not None else metrics["mAP"]
         example = f"{task.phrases[0]}, {task.phrases[1]}, ..."
         rows.append(f"| {probe} | {example} | {metrics['mAP']:.3f} | {metrics['AP50']:.3f} | "

@@ -19,8 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import continual  # noqa: E402,F401  (torchvision shim)
-from continual.evaluate import task_batch  # noqa: E402
-from continual.hosts.base import build_host  # noqa: E402
+from continual.hosts.base import Batch, build_host  # noqa: E402
 from tasks.task import load_task  # noqa: E402
 from tasks.worlds import WorldSizes  # noqa: E402
 
@@ -33,7 +32,7 @@ def by_type(host, world: str, val_images: int, batch: int = 100) -> dict[str, tu
     hits, counts = Counter(), Counter()
     for start in range(0, len(task.val), batch):
         images, targets = zip(*(task.val[i] for i in range(start, min(start + batch, len(task.val)))))
-        for target, pred in zip(targets, host.predict(task_batch(host, task, images, targets, train=False))):
+        for target, pred in zip(targets, host.predict(Batch.of(task, host.preprocess(list(images)), targets, train=False))):
             kind = kinds[target["question_id"]]
             counts[kind] += 1
             hits[kind] += int(int(pred["scores"].argmax()) in target["answer_ids"].tolist())

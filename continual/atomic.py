@@ -16,9 +16,10 @@ from typing import Iterator
 
 from continual import distributed
 from continual.faults import crash_point
+from continual.errors import ContinualError
 
 
-class OutputError(OSError):
+class OutputError(ContinualError, OSError):
     """An output that cannot be written (unwritable folder, full disk)."""
 
 

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import continual  # noqa: F401  (applies the torchvision shim before any import below)
+from continual.errors import ContinualError
 
 log = logging.getLogger("continual")
 DEFAULT_CHECKPOINT = "builtin:tiny-base"
@@ -28,7 +29,9 @@ def _quiet_libraries() -> None:
 
 
 def _progress() -> bool:
-    return not os.environ.get("CI") and sys.stderr.isatty()
+    from continual.loop import default_progress
+
+    return default_progress()
 
 
 def _format_metrics(rows: dict[str, dict]) -> str:
@@ -44,8 +47,8 @@ def _format_metrics(rows: dict[str, dict]) -> str:
 
 
 def cmd_eval(args) -> int:
-    from continual.evaluate import evaluate_task
     from continual.hosts.base import build_host
+    from continual.loop import evaluate
     from tasks.task import list_tasks, load_task
 
     if args.list_tasks:
@@ -63,7 +66,7 @@ def cmd_eval(args) -> int:
         for note in task.data_notes():
             log.warning(note)
         host.check_phrases(task.phrases, task.template)
-        results[spec] = evaluate_task(host, task, batch_size=args.batch_size, progress=_progress())
+        results[spec] = evaluate(host, task, batch_size=args.batch_size, progress=_progress())
     if args.json:
         print(json.dumps(results[args.task[0]] if len(args.task) == 1 else results, indent=2))
     else:
@@ -73,9 +76,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_hosts(args) -> int:
-    from continual.hosts.base import registered_hosts
+    from continual.hosts.base import HOSTS
 
-    rows = [{"name": name, **cls.describe()} for cls in registered_hosts().values() for name in cls.describe_builtins()]
+    rows = [{"name": name, **cls.describe()} for cls in HOSTS.values() for name in cls.describe_builtins()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -241,6 +244,17 @@ def cmd_demo(args) -> int:
     return cmd_eval(args)
 
 
+class ShowDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tasks.task import TASK_KINDS
 
@@ -251,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="a checkpoint's metrics on tasks (COCO mAP, top-1 accuracy)")
     ev.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                     help="builtin:tiny-base, builtin:tiny-clip, builtin:tiny-vilt, a save_pretrained folder or a HF id "
-                         "(default %(default)s)")
+                         "")
     ev.add_argument("--task", action="append", help="synthetic:WORLD, coco:FOLDER or a folder; repeatable")
     ev.add_argument("--kind", choices=TASK_KINDS,
                     help="task kind (default: the host's first: detection for Grounding DINO, classification for "
@@ -259,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--template", default="a photo of a {}.", help="class sentence for classification ({} = class)")
     ev.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     ev.add_argument("--json", action="store_true", help="print JSON (one object for one task)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=int, default=16, help="images per evaluation batch")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
     ev.add_argument("--strict", action="store_true",
                     help="refuse a COCO file with any bad annotation (default: skip such annotations with a warning)")
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     ho.set_defaults(func=cmd_hosts)
 
     me = sub.add_parser("methods", help="the PEFT methods with their parameter costs on a host")
-    me.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    me.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the host")
     me.add_argument("--json", action="store_true", help="print a JSON list")
     me.set_defaults(func=cmd_methods)
 
@@ -284,17 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--kind", choices=TASK_KINDS,
                     help="task kind (default: the host's first; classification needs a dual-encoder host, e.g. "
                          "--checkpoint builtin:tiny-clip, vqa a ViLT, e.g. builtin:tiny-vilt)")
-    tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the host")
     tr.add_argument("--on-top", action="append", default=[], metavar="MODULE_DIR",
                     help="a saved module to stack below the new one; repeatable, in order")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="method config, e.g. --set k=20 --set text_prompt_mask=official")
-    tr.add_argument("--steps", type=int, default=300)
+    tr.add_argument("--steps", type=int, default=300, help="optimizer steps")
     tr.add_argument("--lr", type=float, default=None, help="default: the method's own")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--batch-size", type=int, default=8, help="images per step")
+    tr.add_argument("--seed", type=int, default=0, help="train seed (data order, initialisation) and world seed")
     tr.add_argument("--out", help="run folder (default runs/train-METHOD-TASK)")
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--json", action="store_true", help="print a JSON summary")
     tr.set_defaults(func=cmd_train)
 
     ru = sub.add_parser("run", help="run a stream (or a study of streams) from a YAML config",
@@ -322,11 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     fs.set_defaults(func=cmd_fewshot)
 
     rp = sub.add_parser("report", help="rebuild report.md and the plots of a run folder from its results.json")
-    rp.add_argument("run_dir")
+    rp.add_argument("run_dir", help="a finished run folder (a stream, a study or a run over seeds)")
     rp.set_defaults(func=cmd_report)
 
     co = sub.add_parser("compare", help="one table of derived metrics across run folders")
-    co.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    co.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders")
     co.set_defaults(func=cmd_compare)
 
     pt = sub.add_parser("pretrain", help="pretrain a tiny host (the shipped checkpoints' recipes)",
@@ -338,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "embeddings on questions about the base shapes. pretrain.json beside the "
                                     "checkpoint records every stage.")
     pt.add_argument("--host", choices=["grounding-dino", "dual-encoder", "vilt"], default="grounding-dino",
-                    help="which tiny host to pretrain (default %(default)s)")
+                    help="which tiny host to pretrain")
     pt.add_argument("--recipe", choices=["shapes", "grounding"], default="shapes",
                     help="Grounding DINO's stages: `shapes` (the shipped tiny-base: the base world's 12 names) or "
                          "`grounding` (30 colour-shape categories named by words drawn at each step, with absent "
@@ -358,36 +372,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     da = sub.add_parser("data", help="list the synthetic worlds, or write them (COCO layout) and print their folders")
     da.add_argument("worlds", nargs="*", help="world names; none lists them")
-    da.add_argument("--train", type=int, default=400)
-    da.add_argument("--val", type=int, default=100)
-    da.add_argument("--seed", type=int, default=0)
+    da.add_argument("--train", type=int, default=400, help="training images per world")
+    da.add_argument("--val", type=int, default=100, help="validation images per world")
+    da.add_argument("--seed", type=int, default=0, help="seed the worlds are drawn from")
     da.set_defaults(func=cmd_data)
 
     de = sub.add_parser("demo", help="the main job on the embedded default")
-    de.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
-    de.add_argument("--batch-size", type=int, default=16)
-    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the host")
+    de.add_argument("--batch-size", type=int, default=16, help="images per evaluation batch")
+    de.add_argument("--seed", type=int, default=0, help="seed of the synthetic worlds")
     de.set_defaults(func=cmd_demo)
+    for choice in sub._choices_actions:  # every subcommand: a description, and its defaults in --help
+        command = sub.choices[choice.dest]
+        command.description = command.description or choice.help[0].upper() + choice.help[1:] + "."
+        command.formatter_class = ShowDefaults
     return parser
 
 
-def _user_error(err: Exception) -> bool:
-    """Errors that bad input causes (shown as one line), as opposed to bugs (shown with a traceback)."""
-    from continual.atomic import OutputError
-    from continual.config import ConfigError
-    from continual.engine import RunError
-    from continual.hosts.base import HostError
-    from continual.plugins import IntegrityError
-    from evaluation.forgetting import MetricsError
-    from prompts import MethodError
-    from tasks.errors import DataError
-
-    return isinstance(err, (ConfigError, DataError, HostError, MethodError, IntegrityError, RunError, OutputError,
-                            MetricsError, FileNotFoundError))
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``key=value`` overrides may come before or after the flags (``run C --resume k=v``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # first: --help answers without loading torch
+    args = parse(argv)  # first: --help answers without loading torch
     _quiet_libraries()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.func is not cmd_run:
@@ -396,9 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except Exception as err:
-        if not _user_error(err):
-            raise
+    except ContinualError as err:  # bad input or a diverged training: one line; anything else is a bug
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from continual.training import TrainConfig
 from evaluation.summary import policy_setting, swept_setting
+from continual.errors import ContinualError
 
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
 EVALUATE = ("stream", "seen")
 
 
-class ConfigError(ValueError):
+class ConfigError(ContinualError, ValueError):
     """A config that cannot run: unknown key, wrong type, bad value, unknown method or task."""
 
 
@@ -99,6 +101,7 @@ class RunConfig:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     stream: list[StepConfig] = field(default_factory=list)
     settings: dict[str, list[StepConfig]] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)  # user modules that register methods or hosts, e.g. my_method
     lr_sweep: list[float] = field(default_factory=list)  # frontier: each setting's last module at these multiples
     # of its own learning rate (its step's, the run's train.lr, or the method's default)
 
@@ -160,10 +163,32 @@ def _check_keys(value: Any, schema: Any, path: str, where: str) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config, apply ``key=value`` overrides, check everything; raise ConfigError on any fault."""
+    """Read a YAML config, apply ``key=value`` overrides, check everything; raise ConfigError on any fault.
+
+        cfg = load_config("configs/smoke.yaml", ["train.steps=50", "policy=own"])
+    """
     cfg: RunConfig = load_structured(path, overrides, RunConfig)
+    import_modules(cfg.imports, Path(path).parent, str(path))
     validate(cfg, str(path))
     return cfg
+
+
+def import_modules(names: list[str], folder: Path, where: str) -> None:
+    """A config's ``imports``: user modules whose ``register_method`` / ``register_host`` decorators make their
+    classes known. They are found as Python finds modules, then in the working folder and the config's
+    folder (searched last, so a user's file never shadows an installed package)."""
+    import importlib
+    import sys
+
+    for place in (Path.cwd(), folder.resolve()):
+        if str(place) not in sys.path:
+            sys.path.append(str(place))
+    for i, name in enumerate(names):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"{where}: imports.{i}: cannot import {name!r} ({err}); a module on the Python path, "
+                              f"in the working folder or beside the config") from err
 
 
 def load_structured(path: str | Path, overrides: list[str] | tuple[str, ...], schema: type):
@@ -229,11 +254,25 @@ def check_positive(where: str, values: dict[str, float | None], allow_zero: tupl
             raise ConfigError(f"{where}: {key} must be {'>= 0' if key in allow_zero else '> 0'}, got {value}")
 
 
-def check_train(where: str, prefix: str, train: TrainConfig) -> None:
+def check_train(where: str, prefix: str, train: TrainConfig, warn: bool = True) -> None:
+    """Values in range (ConfigError); ``warn``: also say when warm-up outlasts the steps."""
     values = {"steps": train.steps, "batch_size": train.batch_size, "lr": train.lr,
               "weight_decay": train.weight_decay, "warmup": train.warmup, "clip": train.clip}
     check_positive(where, {prefix + k: v for k, v in values.items()},
                    allow_zero=(f"{prefix}weight_decay", f"{prefix}warmup"))
+    if warn and train.warmup >= train.steps:
+        warn_once(f"{where}: {prefix}warmup {train.warmup} is not below {prefix}steps {train.steps}: the learning "
+                  f"rate never reaches its peak (set {prefix}warmup lower)")
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A config that runs, but likely not as meant: logged once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning(message)
 
 
 def _check_kind(where: str, at: str, kind: str, host) -> None:
@@ -327,7 +366,8 @@ def validate(cfg: RunConfig, where: str) -> None:
                     check_sites(module, host.kind, host.site_kinds)
                 except MethodError as err:
                     raise ConfigError(f"{where}: {at}.method: {err} (host {cfg.host})") from err
-            check_train(where, f"{at}.train.", step_train_config(cfg, step, where))
+            check_train(where, f"{at}.train.", step_train_config(cfg, step, where),
+                        warn=bool({"steps", "warmup"} & set(step.train)))  # (else the run's `train` said it)
         for name in cfg.held_out:
             if name not in cfg.tasks:
                 raise ConfigError(f"{where}: held_out: unknown task {name!r}{_nearest(name, cfg.tasks)}")

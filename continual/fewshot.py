@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from continual import atomic
 from continual.config import (NO_MODULE, ConfigError, DataConfig, RunConfig, StepConfig, TaskConfig, check_positive,
-                              check_train, load_structured, step_train_config, to_yaml, validate)
-from continual.evaluate import evaluate_task
-from continual.plugins import RecordPlugin, StackingPlugin, TrunkCachePlugin
-from continual.strategy import StepPlan, train_once
+                              check_train, import_modules, load_structured, step_train_config, to_yaml, validate)
+from continual.errors import RunError
+from continual.loading import PixelCache
+from continual.loop import evaluate, train
+from continual.run_folder import CONFIG, RunFolder, same_config
 from continual.training import TrainConfig
 from evaluation.fewshot import fewshot_outputs
 
@@ -63,10 +64,12 @@ class FewshotConfig:
     eval_batch_size: int = 64
     feature_cache: bool = True
     feature_cache_mb: int = 2048
+    imports: list[str] = field(default_factory=list)  # user modules that register methods or hosts
 
 
 def load_fewshot_config(path: str | Path, overrides=()) -> FewshotConfig:
     cfg: FewshotConfig = load_structured(path, overrides, FewshotConfig)
+    import_modules(cfg.imports, Path(path).parent, str(path))
     validate_fewshot(cfg, str(path))
     return cfg
 
@@ -119,21 +122,21 @@ def _cell_key(cell: dict) -> tuple:
 
 def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Every (task, shots, seed, method) cell not yet in the run folder; then the table and the plot."""
-    from continual.engine import RunError, open_task, prepare_run_dir, record_config, resolve_device, same_config
+    from continual.engine import open_task, resolve_device
     from continual.hosts.base import build_host
     from prompts import Stack
 
-    run_dir = Path(cfg.run_dir)
-    previous = prepare_run_dir(run_dir, resume, overwrite)
+    folder = RunFolder(cfg.run_dir)
+    previous = folder.prepare(resume, overwrite)
     if previous is not None and not same_config(previous, to_yaml(cfg)):  # cells of one grid, one config
-        raise RunError(f"{run_dir} holds a grid of another config ({run_dir / 'config.yaml'}); --resume needs the "
+        raise RunError(f"{folder} holds a grid of another config ({folder / CONFIG}); --resume needs the "
                        "same config, --overwrite starts over")
-    record_config(run_dir, to_yaml(cfg), previous)
-    results_path = run_dir / RESULTS
+    folder.record_config(to_yaml(cfg), previous)
+    results_path = folder / RESULTS
     cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
     done = {_cell_key(c) for c in cells}
     host = build_host(cfg.host).to(resolve_device(cfg.device))
-    stack = Stack(host)
+    stack, pixels = Stack(host), PixelCache(host.to_pixels)
     total = len(cfg.tasks) * len(cfg.shots) * len(cfg.seeds) * len(cfg.methods)
     bar = tqdm(total=total, initial=len(done), desc="few-shot cells", disable=not progress)
     for name, spec in cfg.tasks.items():
@@ -151,11 +154,12 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
                     cell = {"task": name, "shots": shots, "seed": seed, "method": label,
                             "method_name": method.method, "train_items": len(train_split)}
                     if method.method == NO_MODULE:
-                        zero_shot = zero_shot or evaluate_task(host, task, cfg.eval_batch_size, progress=False)
+                        zero_shot = zero_shot or evaluate(stack, task, batch_size=cfg.eval_batch_size,
+                                                          pixels=pixels, progress=False)
                         cell.update(metrics=zero_shot, train_seconds=0.0)
                     else:
-                        train = _train_config(cfg, label, method, seed)
-                        cell.update(_train_and_evaluate(host, stack, few, method, train, cfg))
+                        train_cfg = _train_config(cfg, label, method, seed)
+                        cell.update(_train_and_evaluate(stack, few, method, train_cfg, cfg, pixels))
                     log.info("[%s] %s, %s shot(s), seed %d: %s %s %.3f", cfg.name, name, shots or "all", seed,
                              label, task.metric, cell["metrics"][task.metric])
                     cells.append(cell)
@@ -166,21 +170,23 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
     bar.close()
     results = {"name": cfg.name, "host": host.source, "metric": task.metric, "cells": cells}
     atomic.write_json(results_path, results)
-    atomic.write_files(run_dir, fewshot_outputs(results, list(cfg.methods), list(cfg.shots)))
-    return run_dir
+    atomic.write_files(folder.path, fewshot_outputs(results, list(cfg.methods), list(cfg.shots)))
+    return folder.path
 
 
-def _train_and_evaluate(host, stack, task, method: MethodSpec, train: TrainConfig, cfg: FewshotConfig) -> dict:
+def _train_and_evaluate(stack, task, method: MethodSpec, train_cfg: TrainConfig, cfg: FewshotConfig,
+                        pixels: PixelCache) -> dict:
     """One module trained on the few-shot split, evaluated on the whole validation split, then taken off."""
-    plan = StepPlan(0, task, method.method, dict(method.config), train)
-    stacking, record = StackingPlugin(stack, "all"), RecordPlugin(progress=False)
-    trunks = TrunkCachePlugin(host, stack, cfg.feature_cache, cfg.feature_cache_mb)
+    from prompts import build_module
+
     tick = time.perf_counter()
-    train_once(host, plan, [stacking, trunks, record])
-    seconds = time.perf_counter() - tick
     try:
-        metrics = evaluate_task(host, task, cfg.eval_batch_size, progress=False)
+        record = train(stack, build_module(method.method, method.config, task=task.name), task, train_cfg,
+                       feature_cache=cfg.feature_cache, feature_cache_mb=cfg.feature_cache_mb, pixels=pixels,
+                       progress=False)
+        seconds = time.perf_counter() - tick
+        metrics = evaluate(stack, task, batch_size=cfg.eval_batch_size, pixels=pixels, progress=False)
     finally:
         stack.clear()
-    return {"metrics": metrics, "train_seconds": round(seconds, 2), "lr": train.lr, "steps": train.steps,
+    return {"metrics": metrics, "train_seconds": round(seconds, 2), "lr": train_cfg.lr, "steps": train_cfg.steps,
             "final_loss": record.losses[-1]}

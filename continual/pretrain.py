@@ -42,13 +42,12 @@ import torch
 
 from continual import atomic
 from continual.config import ConfigError
-from continual.evaluate import evaluate_task
+from continual.loop import evaluate, fit
 from continual.faults import crash_point
-from continual.hosts.base import local_folder
+from continual.hosts.base import build_host, local_folder
 from continual.hosts.dual_encoder import DualEncoderHost
 from continual.hosts.grounding_dino import GroundingDinoHost
 from continual.hosts.vilt import ViltHost
-from continual.strategy import fit
 from continual.training import TrainConfig
 from tasks.task import load_task
 from tasks.vocabulary import PromptSampler
@@ -196,7 +195,9 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     first = cfg.stages[names[0]]
     kind, host_cls = HOST_KINDS[cfg.host]
     if start:
-        host = host_cls.from_pretrained(start)
+        host = build_host(start)
+        if not isinstance(host, host_cls):
+            raise ConfigError(f"pretrain --from {start}: a {host.kind} host, not a {cfg.host}")
     elif host_cls is GroundingDinoHost:
         host = host_cls.build_tiny(cfg.image_size, seed=first.train.seed)
     else:
@@ -222,11 +223,11 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, start: str | None = None, only:
     record["stages"] += state.finished
     sizes = WorldSizes(val=cfg.report_images, image_size=cfg.image_size)
     base = load_task("synthetic:base", sizes=sizes, kind=kind)
-    record["base_val"] = evaluate_task(host, base, progress=False)
+    record["base_val"] = evaluate(host, base, progress=False)
     record["zero_shot"] = {}
     for world in NOVEL_WORLDS:
         task = load_task(f"synthetic:{world}", sizes=sizes, kind=kind)
-        record["zero_shot"][f"synthetic:{world}"] = evaluate_task(host, task, progress=False)
+        record["zero_shot"][f"synthetic:{world}"] = evaluate(host, task, progress=False)
     with atomic.replaced_folder(out_dir) as tmp:
         host.save_pretrained(tmp)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
@@ -299,8 +300,10 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
         history, last, earlier = list(resume["history"]), dict(resume["val"]), resume["minutes"]
     start = time.time()
 
-    def evaluate(step: int, losses: list[float]) -> None:  # every cfg.eval_every steps and after the last
-        metrics = evaluate_task(host, task, progress=False)
+    def validate(step: int, losses: list[float]) -> None:  # every cfg.eval_every steps and after the last
+        if not ((cfg.eval_every and step % cfg.eval_every == 0) or step == stage.train.steps):
+            return
+        metrics = evaluate(host, task, progress=False)
         last.update(metrics)
         primary, minutes = task.metric, earlier + (time.time() - start) / 60
         history.append({"step": step, "loss": losses[-1], primary: metrics[primary], "minutes": minutes})
@@ -311,8 +314,11 @@ def run_stage(host, name: str, stage: PretrainStage, cfg: PretrainConfig, progre
         crash_point("pretrain-validation")
 
     log.info("stage %s: %d steps on synthetic:%s", name, stage.train.steps, stage.world)
-    fit(host, optimizer, task, stage.train, progress, every=cfg.eval_every, callback=evaluate,
-        resume={k: resume[k] for k in ("step", "rng", "losses")} if resume else None)
+    if resume is None:
+        torch.manual_seed(stage.train.seed)
+    fit(host, task, stage.train, optimizer, resume=resume, progress=progress, label=f"pretrain {name}",
+        after_step=validate)
+    host.eval()
     minutes = earlier + (time.time() - start) / 60
     log.info("stage %s done in %.1f min: %s val %s %.3f", name, minutes, stage.world, task.metric, last[task.metric])
     return {"name": name, **asdict(stage), "minutes": minutes, "history": history, "val": dict(last)}

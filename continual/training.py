@@ -1,7 +1,7 @@
 """Training settings and the learning-rate schedule shared by pretraining and PEFT module training.
 
 AdamW, linear warm-up then cosine decay to 5% of the peak, gradient clipping;
-the loop itself is the engine's Avalanche strategy (continual/strategy.py).
+the loop itself is continual/loop.py.
 """
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from typing import Optional
 
 @dataclass
 class TrainConfig:
+    """How a module trains: AdamW for ``steps`` steps of ``batch_size`` images, linear warm-up over ``warmup``
+    steps then cosine decay to 5% of ``lr`` (None: the method's ``default_lr``), gradients clipped to ``clip``;
+    ``seed`` sets the module's initialisation and the data order.
+
+        TrainConfig(steps=100, batch_size=8, lr=1e-3)
+    """
+
     steps: int = 300
     batch_size: int = 8
     lr: Optional[float] = None  # None: the method's default_lr

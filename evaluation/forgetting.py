@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from statistics import mean
+from continual.errors import ContinualError
 
 Matrix = list[list[float]]
 
 
-class MetricsError(ValueError):
+class MetricsError(ContinualError, ValueError):
     """A results matrix of the wrong shape, or missing an entry a metric needs."""
 
 

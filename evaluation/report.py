@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from continual.errors import RunError
 from evaluation.plots import frontier_plot, matrix_heatmap, retention_scatter
 from evaluation.summary import POLICY, SWEPT
+
+# In a run folder (continual.run_folder); summary.json: of a run over seeds (evaluation.seeds)
+RESULTS, COMPAT, REPORT, SUMMARY = "results.json", "compat.json", "report.md", "summary.json"
 
 METRIC_TITLES = {"mAP": "COCO mAP@[.5:.95]", "accuracy": "top-1 accuracy", "vqa_accuracy": "VQA accuracy"}
 
@@ -17,6 +21,11 @@ def fmt(value, digits: int = 3) -> str:
 def fmt_interval(centre, half) -> str:
     """``mean ± half-width`` of a 95% interval ("–" for no mean; the interval left out where there is none)."""
     return fmt(centre) if centre is None or half is None else f"{fmt(centre)} ± {fmt(half)}"
+
+
+def stat(s: dict) -> str:
+    """A figure over seeds: mean ± half-width of its interval."""
+    return fmt_interval(s["mean"], s["interval"])
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -169,15 +178,15 @@ def study_report(name: str, rows: list[dict]) -> str:
 
 def run_outputs(results: dict) -> dict[str, bytes | str]:
     """Files of a run folder made from its results: {relative path: content}."""
-    return {"plots/matrix.png": matrix_heatmap(results), "report.md": run_report(results)}
+    return {"plots/matrix.png": matrix_heatmap(results), REPORT: run_report(results)}
 
 
 def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, bytes | str]:
     """Files of a study folder: compat.json (one row per setting), the scatter plot, report.md (and the
     frontier plot of an lr sweep)."""
     rows = compat_rows(results_by_setting)
-    files = {"compat.json": json.dumps(rows, indent=2) + "\n",
-             "plots/retention_vs_new.png": retention_scatter(rows, name), "report.md": study_report(name, rows)}
+    files = {COMPAT: json.dumps(rows, indent=2) + "\n",
+             "plots/retention_vs_new.png": retention_scatter(rows, name), REPORT: study_report(name, rows)}
     if any(r["swept"] for r in rows):
         files["plots/frontier.png"] = frontier_plot(rows, name)
     return files
@@ -186,15 +195,15 @@ def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, b
 def load_runs(run_dir: Path) -> dict[str, dict]:
     """{name: results} of a run folder: itself, or each setting of a study."""
     run_dir = Path(run_dir)
-    if (run_dir / "results.json").is_file():
-        results = upgrade(json.loads((run_dir / "results.json").read_text()))
+    if (run_dir / RESULTS).is_file():
+        results = upgrade(json.loads((run_dir / RESULTS).read_text()))
         return {results["name"]: results}
-    found = {p.parent.name: upgrade(json.loads(p.read_text())) for p in sorted(run_dir.glob("*/results.json"))}
+    found = {p.parent.name: upgrade(json.loads(p.read_text())) for p in sorted(run_dir.glob(f"*/{RESULTS}"))}
     if not found:
-        raise FileNotFoundError(f"{run_dir}: no results.json in it or in its setting folders")
+        raise RunError(f"{run_dir}: no {RESULTS} in it or in its setting folders (not a finished run)")
     # the study's own order (compat.json), not the folders' alphabetical one
-    order = [row["setting"] for row in json.loads((run_dir / "compat.json").read_text())] \
-        if (run_dir / "compat.json").is_file() else []
+    order = [row["setting"] for row in json.loads((run_dir / COMPAT).read_text())] \
+        if (run_dir / COMPAT).is_file() else []
     return {name: found[name] for name in order if name in found} | found
 
 
@@ -208,11 +217,9 @@ def _comparison_row(label: str, results: dict, figures: list[str]) -> list[str]:
 
 def comparison(run_dirs: list[Path]) -> str:
     """One row per run (per setting of a study); a run over seeds gives mean ± 95% interval per figure."""
-    from evaluation.seeds import stat
-
     rows = []
     for run_dir in run_dirs:
-        summary_file = Path(run_dir) / "summary.json"
+        summary_file = Path(run_dir) / SUMMARY
         if summary_file.is_file():
             summary = json.loads(summary_file.read_text())
             first = load_runs(Path(run_dir) / f"seed-{summary['seeds'][0]}")  # the streams' tasks and methods

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from evaluation.report import compat_rows, fmt, fmt_interval, markdown_table, policies_side_by_side
+from evaluation.report import (COMPAT, REPORT, SUMMARY, compat_rows, fmt, markdown_table, policies_side_by_side,
+                               stat)
 from evaluation.summary import mean_interval
 
 COMPAT_FIGURES = ("old_metric", "new_metric", "old_retention", "hap")
@@ -45,10 +46,6 @@ def seeds_summary(name: str, runs: dict[int, dict[str, dict]], study: bool) -> d
     return summary
 
 
-def stat(s: dict) -> str:
-    return fmt_interval(s["mean"], s["interval"])
-
-
 def seeds_report(summary: dict) -> str:
     seeds = summary["seeds"]
     parts = [f"# `{summary['name']}` over seeds {', '.join(map(str, seeds))}",
@@ -71,7 +68,7 @@ def seeds_report(summary: dict) -> str:
 
 def seeds_outputs(summary: dict) -> dict[str, str]:
     """summary.json, report.md and, for a study, compat.json with the rows' figures over seeds."""
-    files = {"summary.json": json.dumps(summary, indent=2) + "\n", "report.md": seeds_report(summary)}
+    files = {SUMMARY: json.dumps(summary, indent=2) + "\n", REPORT: seeds_report(summary)}
     if "compat" in summary:
-        files["compat.json"] = json.dumps(summary["compat"], indent=2) + "\n"
+        files[COMPAT] = json.dumps(summary["compat"], indent=2) + "\n"
     return files

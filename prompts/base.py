@@ -12,20 +12,27 @@ from typing import Any, ClassVar
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from continual.errors import ContinualError
+from continual.registry import Registry
 
-METHODS: dict[str, type["PeftModule"]] = {}
 
 
-class MethodError(ValueError):
+class MethodError(ContinualError, ValueError):
     """Unknown method, bad method config, or a module used in the wrong state."""
 
 
+METHODS = Registry("method", "method", MethodError)
+
+
 def register_method(cls: type["PeftModule"]) -> type["PeftModule"]:
-    """Class decorator: make a method known by its ``method`` name."""
-    if cls.method in METHODS:
-        raise MethodError(f"method {cls.method!r} registered twice")
-    METHODS[cls.method] = cls
-    return cls
+    """Class decorator: make a method known by its ``method`` name, usable in configs and ``build_module``.
+
+        @register_method
+        class MyMethod(PeftModule):
+            method = "my_method"
+            ...
+    """
+    return METHODS.register(cls)
 
 
 def check_choice(method: str, key: str, value, allowed: tuple) -> None:
@@ -60,15 +67,27 @@ def check_sites(module: "PeftModule", host_kind: str, site_kinds) -> None:
                           f"(it has {', '.join(site_kinds)})")
 
 
-def build_module(method: str, config: dict[str, Any] | None = None, task: str | None = None) -> "PeftModule":
-    if method not in METHODS:
-        raise MethodError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-    cls = METHODS[method]
-    return cls(config_from_dict(cls.Config, config or {}, method), task=task)
+def build_module(method: str, config: dict[str, Any] | None = None, task=None) -> "PeftModule":
+    """A new module of ``method`` (its config's defaults where ``config`` gives none) for ``task`` (a task's
+    name, or the task itself: its phrases then tell policy `route` when to switch the module on).
+
+        module = build_module("sdpt", {"k": 10}, task=aquarium)
+    """
+    cls = METHODS.lookup(method)
+    module = cls(config_from_dict(cls.Config, config or {}, method), task=getattr(task, "name", task))
+    module.phrases = tuple(getattr(task, "phrases", ()))
+    return module
 
 
 class PeftModule(nn.Module):
-    """Base class: subclasses set ``method`` and ``Config`` and implement ``build`` and ``install``."""
+    """Base class of every PEFT method: subclasses set ``method`` (its registered name) and ``Config`` (a
+    dataclass) and implement ``build(host)`` (parameters sized to the host) and ``install(host)`` (hooks on
+    the host's sites, returning their handles); see examples/custom_method.py.
+
+        @register_method
+        class Gains(PeftModule):
+            method, Config = "gains", GainsConfig
+    """
 
     method: ClassVar[str]
     Config: ClassVar[type]

@@ -34,6 +34,15 @@ class StackEntry:
 
 
 class Stack:
+    """The ordered modules on one host: each pushed module is trained on top of those below it, and a
+    composition policy switches them for each evaluated task (``use`` / ``using``).
+
+        stack = Stack(host)
+        stack.push(load_module("runs/x/modules/00-base-adapter", host))
+        with stack.using("own", task="base"):
+            ...
+    """
+
     def __init__(self, host, route_threshold: float | None = None):
         self.host, self.route_threshold = host, route_threshold
         self.entries: list[StackEntry] = []

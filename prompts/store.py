@@ -42,7 +42,11 @@ def file_sha256(path: Path) -> str:
 
 
 def save_module(module: PeftModule, folder: str | Path, host, **meta) -> Path:
-    """Write the module to ``folder`` atomically (a temporary sibling, then a rename)."""
+    """Write the module to ``folder`` atomically (a temporary sibling, then a rename), in the PEFT layout
+    (adapter_config.json, adapter_model.safetensors) with meta.json (task, method, host fingerprint, sha256).
+
+        save_module(module, "modules/aquarium-sdpt", host, stream="mine", position=1)
+    """
     with replaced_folder(folder) as tmp:
         config = {"peft_type": "CONTINUAL", "method": module.method, "config": module.config_dict(),
                   "task": module.task, "base_model_name_or_path": host.source}
@@ -88,7 +92,11 @@ def _read_weights(path: Path) -> dict:
 
 
 def load_module(folder: str | Path, host) -> PeftModule:
-    """Load a module folder onto the host; returns the module attached, with its weights."""
+    """Load a module folder onto the host; returns the module attached, with its weights. A module saved on
+    another host (fingerprint), or whose weights changed since, is refused.
+
+        stack.push(load_module("runs/smoke/modules/00-base-adapter", host))
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise StoreError(f"{folder}: module folder not found")

@@ -6,6 +6,8 @@ from continual.hosts.base import Batch
 from prompts import Stack, build_module
 from prompts.apt import ApproximatedPrompt
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 ANSWERS = ["yes", "no", "2", "red", "fish"]
 QUESTIONS = ["is there a fish?", "how many red circle are there in the picture?"]
 

@@ -14,6 +14,8 @@ from tasks.errors import DataError
 from tasks.task import load_task
 from tasks.worlds import WORLDS, WorldSizes, world_folder
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 
 def _png(color=(200, 30, 30), size=16) -> bytes:
     buffer = io.BytesIO()

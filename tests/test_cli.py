@@ -305,3 +305,65 @@ def test_a_fewshot_grid_mixing_task_kinds_is_refused(tmp_path):
         "kind: classification}", 'kind: classification}\n  q: {data: "synthetic:space", kind: vqa}'))
     with pytest.raises(ConfigError, match="one table needs one metric, so one task kind"):
         load_fewshot_config(config)
+
+
+@pytest.mark.fast
+def test_overrides_may_follow_the_flags():
+    from continual.cli import parse
+
+    args = parse(["run", SMOKE, "--resume", "run_dir=x", "train.steps=2"])
+    assert args.resume and args.overrides == ["run_dir=x", "train.steps=2"]
+    with pytest.raises(SystemExit):
+        parse(["run", SMOKE, "--resume", "--nonsense"])
+
+
+@pytest.mark.fast
+def test_every_subcommand_has_a_description_and_shows_its_defaults(capsys):
+    from continual.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, command in commands.items():
+        assert command.description, name
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default: 300)" in capsys.readouterr().out
+
+
+@pytest.mark.fast
+def test_warmup_longer_than_the_steps_is_warned_once(caplog):
+    from continual.config import load_config
+
+    with caplog.at_level("WARNING"):
+        load_config(SMOKE, ["train.warmup=9", "train.steps=5"])
+    assert [r.message for r in caplog.records if "warmup" in r.message] == [
+        f"{SMOKE}: train.warmup 9 is not below train.steps 5: the learning rate never reaches its peak (set "
+        "train.warmup lower)"]
+
+
+@pytest.mark.fast
+def test_a_users_tasks_py_shadowing_the_package_fails_at_import_naming_it(tmp_path):
+    (tmp_path / "tasks.py").write_text("x = 1\n")
+    out = subprocess.run([sys.executable, "-c", "import continual"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode != 0
+    assert f"`import tasks` finds {tmp_path / 'tasks.py'}" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case", ["config", "data", "host", "store", "run folder", "results"])
+def test_each_kind_of_refusal_is_one_line_and_exit_2(_run, tmp_path, case):
+    """A representative of each area of docs/bad-input.md (the non-finite loss: tests/test_reliability.py)."""
+    (tmp_path / "empty-module").mkdir()
+    args, message = {
+        "config": (["run", SMOKE, "polcy=all"], "unknown config key 'polcy'"),
+        "data": (["eval", "--task", tmp_path / "nowhere"], "nor a dataset folder"),
+        "host": (["eval", "--checkpoint", "builtin:nope", "--task", "synthetic:base"], "unknown built-in host"),
+        "store": (["run", SMOKE, f"run_dir={tmp_path / 'r'}", f"start_from=[{tmp_path / 'empty-module'}]"],
+                  "empty-module: no adapter_config.json"),
+        "run folder": (["run", SMOKE, f"run_dir={tmp_path / 'held'}"], "already holds a run"),
+        "results": (["compare", tmp_path], "not a finished run"),
+    }[case]
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "config.yaml").write_text("name: earlier\n")
+    out = _run(*args)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert message in out.stderr

@@ -8,6 +8,8 @@ from tasks.coco import CocoDetection, find_split, read_coco_json
 from tasks.errors import DataError
 from tasks.task import load_task
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 
 def _valid():
     return {

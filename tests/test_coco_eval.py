@@ -5,6 +5,8 @@ import pytest
 
 from evaluation.coco_eval import STAT_NAMES, coco_bbox_metrics
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 GT = {
     "images": [{"id": i, "width": 100, "height": 100} for i in (1, 2, 3)],
     "categories": [{"id": 1, "name": "fish"}, {"id": 2, "name": "crab"}],

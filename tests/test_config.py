@@ -5,6 +5,8 @@ import pytest
 
 from continual.config import ConfigError, load_config, step_train_config
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 GOOD = """

@@ -1,5 +1,8 @@
 """docs/bad-input.md lists at least 25 refused classes, and every test it names exists."""
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,8 @@ from continual.hosts.prompts import build_prompts
 from prompts import Stack, build_module, load_module, save_module
 from prompts.base import MethodError
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 PHRASES = ["red circle", "blue square", "green triangle", "fish", "yellow star", "one way arrow"]
 TEMPLATE = "a photo of a {}."
 

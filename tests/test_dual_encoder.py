@@ -9,6 +9,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from continual.hosts.base import Batch, HostError, build_host, host_class
 from continual.hosts.dual_encoder import SITE_KINDS, DualEncoderHost
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 PHRASES = ["red circle", "blue star", "fish"]
 
 

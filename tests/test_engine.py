@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual import engine
+from continual import engine, loop
 from continual.config import load_config
-from continual.plugins import IntegrityError
-from continual.strategy import StepSampler, StreamStrategy
+from continual.errors import IntegrityError
+from continual.loading import StepSampler
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 SMOKE_CLASSIFY = SMOKE.with_name("smoke-classify.yaml")
@@ -88,13 +88,13 @@ def test_one_training_evaluated_under_each_policy(tmp_path, monkeypatch):
     """`policies` runs the stream once per policy: each module trained once, each distinct evaluation made
     once (own and route here switch on nothing that `all` did not evaluate already)."""
     evaluated = []
-    evaluate = StreamStrategy.eval
+    evaluate = loop.evaluate
 
-    def counting(self, experiences, **kwargs):
-        evaluated.extend(self.eval_tasks[e.current_experience].name for e in experiences)
-        return evaluate(self, experiences, **kwargs)
+    def counting(stack, task, *args, **kwargs):
+        evaluated.append(task.name)
+        return evaluate(stack, task, *args, **kwargs)
 
-    monkeypatch.setattr(StreamStrategy, "eval", counting)
+    monkeypatch.setattr(engine, "evaluate", counting)
     run_dir = engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'study'}", "policies=[all,own,route]"]),
                          progress=False)
     results = {p: json.loads((run_dir / f"smoke@policy={p}" / "results.json").read_text())
@@ -118,14 +118,25 @@ def test_one_training_evaluated_under_each_policy(tmp_path, monkeypatch):
 
 
 def test_hash_check_fires_when_a_frozen_parameter_moves(tmp_path, monkeypatch):
-    step = StreamStrategy.optimizer_step
+    step = torch.optim.AdamW.step
 
-    def step_and_tamper(self, **kwargs):
-        step(self, **kwargs)
+    def step_and_tamper(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
         with torch.no_grad():
-            next(self.model.host.model.parameters()).add_(1e-3)
+            next(host.model.parameters()).add_(1e-3)
+        return out
 
-    monkeypatch.setattr(StreamStrategy, "optimizer_step", step_and_tamper)
+    open_workspace = engine.Workspace.open
+
+    def keep_host(*args, **kwargs):
+        nonlocal host
+        ws = open_workspace(*args, **kwargs)
+        host = ws.host
+        return ws
+
+    host = None
+    monkeypatch.setattr(engine.Workspace, "open", keep_host)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_and_tamper)
     cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(IntegrityError, match="host"):
         engine.run(cfg, progress=False)

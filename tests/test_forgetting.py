@@ -6,6 +6,8 @@ import pytest
 from evaluation.forgetting import (MetricsError, backward_transfer, final_average, forgetting, forward_transfer,
                                    harmonic_mean, retention, zero_shot_retention)
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 # Rows: after training task 0, 1, 2. Columns: tasks 0, 1, 2.
 R = [[0.50, 0.10, 0.05],
      [0.40, 0.60, 0.10],

@@ -9,6 +9,9 @@ from evaluation.forgetting import (MetricsError, backward_transfer, final_averag
 from evaluation.summary import derived_metrics
 from tasks.coco import read_coco_json
 from tasks.errors import DataError
+import pytest
+
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True),
                     st.text(max_size=5))

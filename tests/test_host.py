@@ -10,6 +10,8 @@ from continual.hosts.grounding_dino import SITE_KINDS, GroundingDinoHost
 from continual.hosts.prompts import build_prompts
 from tasks.errors import DataError
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 PHRASES = ["red circle", "blue star", "jellyfish", "one way arrow"]
 
 

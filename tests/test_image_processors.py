@@ -9,8 +9,10 @@ from PIL import Image
 from transformers import CLIPImageProcessor, GroundingDinoImageProcessor, ViltImageProcessor
 
 from continual.hosts.base import Batch
-from continual.strategy import PixelCache
+from continual.loading import PixelCache
 from evaluation.evaluators import CocoEvaluator
+
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
 
 # (image width, height), the red box in it (x0, y0, x1, y1 pixels)
 SCENES = {1: ((640, 427), (100, 50, 400, 300)), 2: ((427, 640), (50, 200, 300, 600))}

@@ -6,11 +6,12 @@ Like timm's registry-wide tests: a method (or a host) is tested the day it is re
 import pytest
 import torch
 
-from continual.hosts.base import Batch, registered_hosts
+from continual.hosts.base import HOSTS, Batch
 from prompts import METHODS, Stack, build_module, load_module, parameter_counts, save_module
 from prompts.base import MethodError
 
-HOSTS = registered_hosts()
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 # Methods whose fresh module is exactly the identity, and token methods at k = 0.
 IDENTITY_CONFIGS = {"adapter": {}, "lora": {}, "bitfit": {}, "linear_probe": {}, "full_ft": {},
                     "sdpt": {"k": 0}, "vpt": {"tokens": 0}, "coop": {"tokens": 0},

@@ -15,8 +15,8 @@ from continual import atomic, engine, faults
 from continual.atomic import OutputError
 from continual.cli import main
 from continual.config import load_config
-from continual.plugins import NonFiniteLossError
-from continual.strategy import HostModel
+from continual.errors import NonFiniteError
+from continual.hosts.grounding_dino import GroundingDinoHost
 from tasks.errors import DataError
 
 CONTINUAL = str(Path(sys.executable).parent / "continual")
@@ -190,19 +190,17 @@ def test_a_changed_unfinished_step_trains_anew_not_from_its_old_checkpoint(tmp_p
 
 
 def test_nan_loss_stops_the_run_naming_task_and_step(tmp_path, monkeypatch):
-    forward = HostModel.forward
+    loss = GroundingDinoHost.loss
     calls = {"n": 0}
 
-    def poisoned(self, images, targets=None, task=None):
-        out = forward(self, images, targets, task)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                out = {"loss": out["loss"] * torch.tensor(float("nan"))}
-        return out
+    def poisoned(self, batch):
+        total, parts = loss(self, batch)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] == 3 else total), parts
 
-    monkeypatch.setattr(HostModel, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"task 'base'.* loss is nan at step 3 of 4"):
+    monkeypatch.setattr(GroundingDinoHost, "loss", poisoned)
+    with pytest.raises(NonFiniteError, match=r"stream\.0 \(base, adapter\).*task 'base': the loss went non-finite \(nan\) "
+                       r"at training step 3 of 4"):
         engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"]), progress=False)
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 2 and all(torch.isfinite(v).all() for v in checkpoint["module"].values())
@@ -245,3 +243,18 @@ def test_empty_phrase_is_refused(tmp_path):
                                                   'aquarium: {data: "synthetic:aquarium", phrases: {fish: "  "}}'))
     with pytest.raises(DataError, match="empty"):
         engine.run(load_config(cfg_file, [f"run_dir={tmp_path / 'run'}"]), progress=False)
+
+
+@pytest.mark.parametrize("lr, where", [("1e6", "evaluating, the decoder's states are not finite"),
+                                       ("1e20", "the decoder's states are not finite at training step 2 of 4"),
+                                       ("1e38", "the update overflowed float32")])
+def test_divergence_is_one_line_naming_the_step_and_the_run_resumes(tmp_path, capsys, uninterrupted, lr, where):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(SMOKE), f"run_dir={run_dir}", f"train.lr={lr}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stream.0 (base, adapter)") and where in err and len(err.splitlines()) == 1
+    for weights in run_dir.glob("modules/*/adapter_model.safetensors"):  # none, or finite
+        from safetensors.torch import load_file
+        assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+    assert main(["run", str(SMOKE), "--resume", f"run_dir={run_dir}"]) == 0  # a corrected rate (the default)
+    assert (run_dir / "results.json").read_bytes() == uninterrupted

@@ -8,6 +8,8 @@ from prompts import build_module
 from prompts.sdpt import inverse_projection
 from prompts.tokens import FusionKeys, add_fusion_keys
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 FUSION0 = "model.encoder.layers.0.fusion_layer.attn"
 
 

@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 from prompts import Stack, StoreError, build_module, load_module, save_module
 from prompts.base import MethodError
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 PHRASES = ["red circle", "fish"]
 
 

@@ -4,6 +4,8 @@ import pytest
 from evaluation.forgetting import MetricsError
 from evaluation.summary import derived_metrics, mean_interval
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 R = [[0.50, 0.10, 0.05],
      [0.40, 0.60, 0.10],
      [0.30, 0.65, 0.70]]

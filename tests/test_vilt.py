@@ -8,6 +8,8 @@ from transformers import AutoTokenizer, ViltConfig, ViltForQuestionAnswering
 from continual.hosts.base import Batch, build_host, host_class, minilm_path
 from continual.hosts.vilt import WORD_EMBEDDINGS, ViltHost
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 ANSWERS = ["yes", "no", "2", "red", "fish"]
 
 

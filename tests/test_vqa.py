@@ -13,6 +13,8 @@ from tasks.task import load_task
 from tasks.vqa import answer_credits, load_vqa
 from tasks.worlds import WorldSizes, world_folder
 
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
+
 
 def test_synthetic_questions_are_deterministic_and_agree_with_the_scenes(tmp_path, small_sizes):
     first = world_folder("aquarium", sizes=small_sizes, cache_root=tmp_path / "a", layout="vqa")

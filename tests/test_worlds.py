@@ -6,6 +6,9 @@ import torch
 from tasks.coco import read_coco_json
 from tasks.vocabulary import COLOURS, SHAPES, PromptSampler, held_out_phrase, split_phrase, swapped_phrase
 from tasks.worlds import HELD_OUT_COMBOS, NOVEL_WORLDS, PRETRAINING_WORLDS, WORLDS, WorldSizes, world_folder
+import pytest
+
+pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
 
 
 def _same_tree(a, b):

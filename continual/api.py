@@ -1,0 +1,40 @@
+"""The entry points of the public API that are more than a re-export: loading a task as a config does,
+running a config to its ``Results``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from continual.config import DataConfig, RunConfig, TaskConfig, load_config, validate
+from continual.engine import open_task
+from continual.engine import run as run_engine
+from continual.results import Results
+
+
+def load_task(data: str, name: str | None = None, *, host=None, kind: str = "detection",
+              train_images: int = DataConfig.train_images, val_images: int = DataConfig.val_images,
+              image_size: int = DataConfig.image_size, seed: int = DataConfig.seed, **options):
+    """A task as a config's ``tasks`` entry loads it: ``synthetic:WORLD`` (at these sizes, from ``seed``),
+    ``coco:FOLDER`` or a dataset folder of ``kind``. ``options``: the other TaskConfig keys (phrases, shots,
+    template, val_split). With ``host``, its phrases are checked against the host's text encoder now.
+
+        aquarium = load_task("synthetic:aquarium", train_images=16, val_images=8)
+    """
+    spec = TaskConfig(data=data, kind=kind, **options)
+    sizes = DataConfig(train_images=train_images, val_images=val_images, image_size=image_size, seed=seed)
+    name = name or data.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    return open_task(name, spec, sizes, host)
+
+
+def run(config: RunConfig | str | Path, overrides=(), *, resume: bool = False, overwrite: bool = False,
+        progress: bool | None = None) -> Results:
+    """Run a config (a ``RunConfig`` or a YAML file with ``key=value`` overrides) into its run folder and
+    return its results; ``resume`` continues the unfinished steps, ``overwrite`` starts over.
+
+        results = run("configs/smoke.yaml", ["run_dir=runs/smoke"], overwrite=True)
+    """
+    if isinstance(config, RunConfig):
+        cfg = config
+        validate(cfg, f"config {cfg.name!r}")
+    else:
+        cfg = load_config(config, list(overrides))
+    return Results.load(run_engine(cfg, resume=resume, overwrite=overwrite, progress=progress))

@@ -1,0 +1,180 @@
+"""The public Python API (``continual.__all__``) and the examples a researcher starts from."""
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import continual as cl
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SMOKE = ROOT / "configs" / "smoke.yaml"
+CONTRACT = {"build_host", "load_task", "Stack", "build_module", "train", "evaluate", "run", "load_config", "Results",
+            "register_method"}
+
+
+@pytest.fixture(autouse=True)
+def cached_worlds(monkeypatch, world_cache):
+    monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))
+
+
+def example(name: str):
+    """An example script as a module (its ``main(argv)`` runs it in this process)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.fast
+def test_public_names_resolve_with_docstrings():
+    assert CONTRACT <= set(cl.__all__)
+    for name in cl.__all__:
+        value = getattr(cl, name)
+        assert (value.__doc__ or "").strip(), f"continual.{name} has no docstring"
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        cl.trian
+
+
+@pytest.mark.fast
+def test_examples_import_nothing_private():
+    for path in sorted(EXAMPLES.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("tasks", "prompts", "evaluation"), f"{path.name} imports {name}"
+                assert top != "continual" or name == "continual", f"{path.name} imports {name}"
+
+
+def test_python_stream_example_equals_the_yaml_run(tmp_path, capsys):
+    scripted = example("python_stream").main(["--steps", "4"])
+    assert capsys.readouterr().out.splitlines()[1].startswith("matrix [[")
+    results = cl.run(SMOKE, [f"run_dir={tmp_path / 'yaml'}"], progress=False)
+    assert scripted["zero_shot"] == results.zero_shot
+    assert scripted["matrix"] == results.matrix
+    assert scripted["derived"] == results.derived
+    again = cl.Results.load(tmp_path / "yaml")
+    assert again.matrix == results.matrix and again.stream.steps[1]["method"] == "sdpt"
+    assert "after aquarium (sdpt)" in again.stream.table()
+
+
+def test_custom_method_from_user_code_runs_from_a_config(tmp_path):
+    from continual.cli import main
+
+    assert main(["run", str(EXAMPLES / "custom_method.yaml"), f"run_dir={tmp_path / 'run'}", "train.steps=2"]) == 0
+    results = cl.Results.load(tmp_path / "run")
+    assert results.stream.methods == ["adapter", "gains"]
+    trained = results.stream.steps[1]
+    assert trained["trainable_params"] > 0 and trained["final_loss"] is not None
+    host = cl.build_host("builtin:tiny-base")
+    module = cl.load_module(tmp_path / "run" / trained["folder"], host)
+    assert module.method == "gains" and any(p.abs().sum() > 0 for p in module.parameters())  # it trained
+
+
+@pytest.mark.fast
+def test_a_missing_user_module_is_a_config_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(SMOKE.read_text() + "imports: [no_such_module_here]\n")
+    with pytest.raises(cl.ContinualError, match=r"imports\.0: cannot import 'no_such_module_here'"):
+        cl.load_config(config)
+
+
+@pytest.mark.fast
+def test_a_host_registered_from_user_code_is_chosen_by_model_type(tmp_path):
+    from continual.hosts.base import HOSTS, host_class
+    from continual.hosts.grounding_dino import GroundingDinoHost
+
+    @cl.register_host
+    class MyHost(GroundingDinoHost):
+        """A user's Grounding DINO variant."""
+        kind, model_types, builtins = "my-grounding", ("my_grounding_dino",), ()
+
+    try:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "my_grounding_dino"}))
+        assert host_class(tmp_path) is MyHost
+    finally:
+        HOSTS.pop("my-grounding")
+
+
+@pytest.mark.fast
+def test_build_host_prints_no_load_report(capfd):
+    cl.build_host("builtin:tiny-base")
+    out = capfd.readouterr()
+    assert "MISSING" not in out.out + out.err and "LOAD REPORT" not in out.out + out.err
+
+
+def test_avalanche_naive_strategy_with_the_stacking_plugin(tmp_path):
+    """Avalanche's own loop, benchmark, EvaluationPlugin and logger; the plugin stacks one module per experience,
+    leaves the host and the earlier module bit-identical and saves each in the PEFT layout."""
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.logging import TextLogger
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.benchmarks import nc_benchmark
+
+    from prompts.stack import Stack
+
+    crops = example("avalanche_strategy")
+    host = cl.build_host("builtin:tiny-clip")
+    fingerprint = host.fingerprint()
+    tasks = [cl.load_task(f"synthetic:{w}", kind="classification", train_images=12, val_images=12)
+             for w in ("base", "aquarium")]
+    names = [p for t in tasks for p in t.phrases]
+    benchmark = nc_benchmark(crops.crops(host, tasks, "train", 12), crops.crops(host, tasks, "val", 12),
+                             n_experiences=2, task_labels=False, fixed_class_order=list(range(len(names))),
+                             per_exp_classes={0: len(tasks[0].phrases), 1: len(tasks[1].phrases)})
+    model = cl.StackedClassifier(host, names)
+    log = tmp_path / "avalanche.log"
+    with open(log, "w") as stream:
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[TextLogger(stream)])
+        plugin = cl.StackingPlugin("adapter", save_to=tmp_path / "modules")
+        strategy = Naive(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
+                         criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, eval_mb_size=32,
+                         evaluator=evaluator, plugins=[plugin])
+        strategy.train(benchmark.train_stream[0])
+        first = Stack(host).frozen_hashes() | {"module": _tensors(model.stack.modules[0])}
+        strategy.train(benchmark.train_stream[1])
+        metrics = strategy.eval(benchmark.test_stream)
+    assert [m.task for m in model.stack.modules] == ["experience-0", "experience-1"]
+    assert host.fingerprint() == fingerprint == first["host"]
+    assert _tensors(model.stack.modules[0]) == first["module"]  # the earlier module did not move
+    assert any(torch.count_nonzero(p) for p in model.stack.modules[1].parameters())  # the new one trained
+    stream_accuracy = [v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")]
+    assert len(stream_accuracy) == 1 and 0 <= stream_accuracy[0] <= 1 and "Top1_Acc_Exp" in log.read_text()
+    assert [p.name for p in plugin.saved] == ["00-adapter", "01-adapter"]
+    reloaded = cl.load_module(plugin.saved[1], cl.build_host("builtin:tiny-clip"))
+    assert _tensors(reloaded) == _tensors(model.stack.modules[1])
+
+
+def _tensors(module) -> dict:
+    return {k: v.tolist() for k, v in module.module_state().items()}
+
+
+def test_an_avalanche_experience_is_one_of_our_tasks():
+    from avalanche.benchmarks import nc_benchmark
+
+    crops = example("avalanche_strategy")
+    host = cl.build_host("builtin:tiny-clip")
+    base = cl.load_task("synthetic:base", kind="classification", train_images=12, val_images=12)
+    data = crops.crops(host, [base], "train", 12)
+    benchmark = nc_benchmark(data, data, n_experiences=2, task_labels=False, seed=0)
+    train_exp, test_exp = benchmark.train_stream[1], benchmark.test_stream[1]
+    task = cl.task_from_experiences(train_exp, test_exp, base.phrases)
+    assert task.phrases == [base.phrases[c] for c in sorted(train_exp.classes_in_this_experience)]
+    stack = cl.Stack(host)
+    record = cl.train(stack, cl.build_module("coop", task=task), task, cl.TrainConfig(steps=2, batch_size=4))
+    assert len(record.losses) == 2 and 0 <= cl.evaluate(stack, task)["accuracy"] <= 1
+
+
+def test_python_stream_contract_from_the_shell():
+    out = subprocess.run([sys.executable, str(EXAMPLES / "python_stream.py"), "--steps", "2"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert any(line.startswith("matrix") for line in out.stdout.splitlines())
