@@ -115,6 +115,7 @@ def cmd_train(args) -> int:
 
     from continual.config import DataConfig, RunConfig, StepConfig, TaskConfig, validate
     from continual.engine import run
+    from continual.run_folder import TIMING
     from continual.training import TrainConfig
     from evaluation.report import load_runs
 
@@ -131,7 +132,7 @@ def cmd_train(args) -> int:
     validate(cfg, "continual train")
     run_dir = run(cfg, overwrite=True, progress=_progress())
     results = next(iter(load_runs(run_dir).values()))
-    timing = json.loads((run_dir / "timing.json").read_text())
+    timing = json.loads((run_dir / TIMING).read_text())
     module = results["modules"][0]
     summary = {"method": args.method, "task": args.task, "steps": args.steps, "lr": module["train"]["lr"],
                "train_seconds": round(timing["steps"][0]["train_seconds"], 1),
@@ -148,23 +149,23 @@ def cmd_train(args) -> int:
 
 
 def _print_run(run_dir: Path) -> None:
-    from evaluation.report import compat_rows, load_runs, run_report, study_report
+    """The summary of a finished run: a stream's matrix and derived metrics, a study's settings (over seeds:
+    with their intervals)."""
+    from continual.engine import study_name
+    from continual.run_folder import REPORT, SUMMARY, RunFolder
+    from evaluation.report import compat_rows, load_runs, run_summary, study_summary
+    from evaluation.seeds import seeds_report, seeds_summary_text
 
-    if (run_dir / "summary.json").is_file():  # a run over seeds; of a study, the tables over its settings
-        report = (run_dir / "report.md").read_text()
-        study = "compat" in json.loads((run_dir / "summary.json").read_text())
-        print((report.split("\n## `")[0] if study else report).strip())
-        print(f"\nreport: {run_dir / 'report.md'}")
-        return
-    runs = load_runs(run_dir)
-    if (run_dir / "results.json").is_file():
-        report = run_report(next(iter(runs.values())))
-        print(report.split("\n## Modules")[0].strip())
+    folder = RunFolder(run_dir)
+    if folder.is_over_seeds:
+        summary = folder.read_json(SUMMARY)
+        text = seeds_summary_text(summary) if "compat" in summary else seeds_report(summary)
+    elif folder.is_stream:
+        text = run_summary(next(iter(load_runs(folder.path).values())))
     else:
-        from continual.engine import study_name
-
-        print(study_report(study_name(run_dir), compat_rows(runs)).split("\n![")[0].strip())
-    print(f"\nreport: {run_dir / 'report.md'}")
+        text = study_summary(study_name(folder), compat_rows(load_runs(folder.path)))
+    print(text.strip())
+    print(f"\nreport: {folder / REPORT}")
 
 
 def cmd_run(args) -> int:
@@ -187,9 +188,12 @@ def cmd_fewshot(args) -> int:
     from continual.fewshot import load_fewshot_config, run_fewshot
 
     cfg = load_fewshot_config(args.config, args.overrides)
+    from continual.run_folder import FEWSHOT, REPORT
+    from evaluation.fewshot import fewshot_summary
+
     run_dir = run_fewshot(cfg, resume=args.resume, overwrite=args.overwrite, progress=_progress())
-    print((run_dir / "report.md").read_text().split("\n![")[0].strip())
-    print(f"\nreport: {run_dir / 'report.md'}")
+    print(fewshot_summary(json.loads((run_dir / FEWSHOT).read_text()), list(cfg.methods), list(cfg.shots)))
+    print(f"\nreport: {run_dir / REPORT}")
     return 0
 
 

@@ -31,13 +31,12 @@ from continual.config import (NO_MODULE, ConfigError, DataConfig, RunConfig, Ste
 from continual.errors import RunError
 from continual.loading import PixelCache
 from continual.loop import evaluate, train
-from continual.run_folder import CONFIG, RunFolder, same_config
+from continual.run_folder import CONFIG, FEWSHOT, RunFolder, same_config
 from continual.training import TrainConfig
 from evaluation.fewshot import fewshot_outputs
 
 log = logging.getLogger(__name__)
 
-RESULTS = "fewshot.json"
 
 
 @dataclass
@@ -132,7 +131,7 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
         raise RunError(f"{folder} holds a grid of another config ({folder / CONFIG}); --resume needs the "
                        "same config, --overwrite starts over")
     folder.record_config(to_yaml(cfg), previous)
-    results_path = folder / RESULTS
+    results_path = folder / FEWSHOT
     cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
     done = {_cell_key(c) for c in cells}
     host = build_host(cfg.host).to(resolve_device(cfg.device))

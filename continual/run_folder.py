@@ -7,6 +7,7 @@
            timing.json            wall and model seconds per step
            report.md, plots/      made from results.json (evaluation.report)
            run.log, tensorboard/  the engine's messages, losses and metrics
+           fewshot.json           a few-shot grid's cells (instead of the stream files)
            modules/NN-TASK-METHOD/ each trained module in the PEFT layout
     A study: one such folder per setting (RUN_DIR/SETTING), with compat.json and the study's report beside.
     Over seeds: RUN_DIR/seed-N per seed, with summary.json and the report over seeds beside.
@@ -22,11 +23,12 @@ from pathlib import Path
 
 from continual import atomic, distributed
 from continual.errors import RunError
+from evaluation.report import COMPAT, REPORT, RESULTS, SUMMARY  # noqa: F401  (written by evaluation's outputs)
 
 CONFIG, PREVIOUS_CONFIG = "config.yaml", "config.previous.yaml"
-STATE, CHECKPOINT, RESULTS, TIMING = "state.json", "checkpoint.pt", "results.json", "timing.json"
-SUMMARY, COMPAT, REPORT, LOG, TENSORBOARD, MODULES = ("summary.json", "compat.json", "report.md", "run.log",
-                                                      "tensorboard", "modules")
+STATE, CHECKPOINT, TIMING = "state.json", "checkpoint.pt", "timing.json"
+LOG, TENSORBOARD, MODULES = "run.log", "tensorboard", "modules"
+FEWSHOT = "fewshot.json"  # a few-shot grid's cells (continual.fewshot)
 
 
 class RunFolder:

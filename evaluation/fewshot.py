@@ -54,21 +54,28 @@ def _tasks(cells: list[dict]) -> list[str]:
 
 
 def fewshot_report(results: dict, methods: list[str], shots: list) -> str:
+    """report.md of a few-shot grid: its summary, the plot, each task's table, training time."""
     cells, metric = results["cells"], results.get("metric", "accuracy")
     tasks = _tasks(cells)
-    seeds = sorted({c["seed"] for c in cells})
     seconds = {m: sum(c["train_seconds"] for c in cells if c["method"] == m) for m in methods}
-    lines = [f"# Few-shot: {results['name']}", "",
-             f"Host `{results['host']}`; tasks {', '.join(tasks)}; seeds {seeds}. `{metric}` on each task's "
-             "validation split: mean over the tasks per seed, then the mean over seeds ± the half-width of its "
-             "95% interval (t distribution).", "",
-             _markdown(summary(cells, methods, shots, metric=metric), methods, shots), "",
-             f"![{metric} against shots](fewshot.png)", "", "## Per task", ""]
+    lines = [fewshot_summary(results, methods, shots), "", f"![{metric} against shots](fewshot.png)", "",
+             "## Per task", ""]
     for task in tasks:
         lines += [f"### {task}", "", _markdown(summary(cells, methods, shots, task, metric), methods, shots), ""]
     lines += ["## Training time", "", markdown_table(["method", "seconds (all cells)"],
                                                      [[m, f"{seconds[m]:.0f}"] for m in methods]), ""]
     return "\n".join(lines)
+
+
+def fewshot_summary(results: dict, methods: list[str], shots: list) -> str:
+    """What the command line prints of a finished grid: the mean over tasks per method and shot count."""
+    cells, metric = results["cells"], results.get("metric", "accuracy")
+    seeds = sorted({c["seed"] for c in cells})
+    return "\n".join([f"# Few-shot: {results['name']}", "",
+                      f"Host `{results['host']}`; tasks {', '.join(_tasks(cells))}; seeds {seeds}. `{metric}` on each "
+                      "task's validation split: mean over the tasks per seed, then the mean over seeds ± the "
+                      "half-width of its 95% interval (t distribution).", "",
+                      _markdown(summary(cells, methods, shots, metric=metric), methods, shots)])
 
 
 def fewshot_outputs(results: dict, methods: list[str], shots: list) -> dict[str, bytes | str]:

@@ -68,6 +68,19 @@ def compat_rows(results_by_setting: dict[str, dict]) -> list[dict]:
 
 
 def run_report(results: dict) -> str:
+    """report.md of one stream: its summary, then its modules and the matrix plot."""
+    parts = [run_summary(results),
+             "## Modules",
+             markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
+                            [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
+                              fmt(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
+                             for m in results["modules"]]),
+             "![results matrix](plots/matrix.png)"]
+    return "\n\n".join(parts) + "\n"
+
+
+def run_summary(results: dict) -> str:
+    """What the command line prints of a finished stream: the matrix, the derived metrics, held-out tasks."""
     tasks, d, metric = results["tasks"], results["derived"], metric_label(results)
     matrix_rows = [["zero-shot", *map(fmt, results["zero_shot"])]]
     matrix_rows += [[f"after {t} ({m})", *map(fmt, row)]
@@ -96,13 +109,7 @@ def run_report(results: dict) -> str:
                                  [[t, fmt(v["zero_shot"]), fmt(v["final"]), fmt(d["zero_shot_retention"][t]),
                                    fmt(hap.get(t))] for t, v in results["held_out"].items()])]
     parts += _data_notes(results)
-    parts += ["## Modules",
-              markdown_table(["task", "method", "trainable params", "fraction of host", "final loss", "note"],
-                             [[m["task"], m["method"], f"{m['trainable_params']:,}", f"{m['fraction']:.4%}",
-                               fmt(m["final_loss"], 2), f"reused from {m['reused_from']}" if m["reused_from"] else ""]
-                              for m in results["modules"]]),
-              "![results matrix](plots/matrix.png)"]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts)
 
 
 def _not_evaluated_note(results: dict) -> list[str]:
@@ -153,11 +160,8 @@ def policies_side_by_side(rows: list[dict], cell=fmt) -> list[str]:
 
 
 def study_report(name: str, rows: list[dict]) -> str:
+    """report.md of a study: its summary, the scatter plot, the frontier of an lr sweep, links to settings."""
     metric = rows_metric(rows)
-    table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
-                            "hAP"],
-                           [[r["setting"], r["old_task"], fmt(r["old_metric"]), r["new_task"], fmt(r["new_metric"]),
-                             fmt(r["old_retention"]), fmt(r["hap"])] for r in rows])
     links = "\n".join(f"- [{r['setting']}]({r['setting']}/report.md)" for r in rows)
     frontier = ""
     if any(r["swept"] for r in rows):
@@ -168,12 +172,22 @@ def study_report(name: str, rows: list[dict]) -> str:
                                      [[r["swept"], f"{r['lr']:g}", fmt(r["new_metric"]), fmt(r["old_retention"])]
                                       for r in swept])
                     + "\n\n![frontier](plots/frontier.png)\n\n")
+    return (f"{study_summary(name, rows)}\n\n"
+            f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n{frontier}"
+            f"## Setting folders\n\n{links}\n")
+
+
+def study_summary(name: str, rows: list[dict]) -> str:
+    """What the command line prints of a finished study: the policies side by side and the settings' table."""
+    metric = rows_metric(rows)
+    table = markdown_table(["setting", "old task", f"old {metric}", "new task", f"new {metric}", "old retention",
+                            "hAP"],
+                           [[r["setting"], r["old_task"], fmt(r["old_metric"]), r["new_task"], fmt(r["new_metric"]),
+                             fmt(r["old_retention"]), fmt(r["hap"])] for r in rows])
     side_by_side = "".join(f"{part}\n\n" for part in policies_side_by_side(rows))
     return (f"# Study `{name}`\n\nEach setting is a stream of its own; old mAP is the old task's mAP after the "
             f"new task was trained, old retention that over its mAP when it was learned.\n\n{side_by_side}"
-            f"## Settings\n\n{table}\n\n"
-            f"![old-task retention vs new-task {metric}](plots/retention_vs_new.png)\n\n{frontier}"
-            f"## Setting folders\n\n{links}\n")
+            f"## Settings\n\n{table}")
 
 
 def run_outputs(results: dict) -> dict[str, bytes | str]:

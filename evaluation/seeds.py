@@ -47,6 +47,21 @@ def seeds_summary(name: str, runs: dict[int, dict[str, dict]], study: bool) -> d
 
 
 def seeds_report(summary: dict) -> str:
+    """report.md over seeds: the summary, then each stream's derived metrics with their per-seed values."""
+    parts = [seeds_summary_text(summary)]
+    for name, stream in summary["streams"].items():
+        d = stream["derived"]
+        rows = [[key, stat(d[key]), ", ".join(fmt(v) for v in d[key]["values"])]
+                for key in ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap")]
+        rows += [[f"{what} {task}", stat(d[what][task]), ", ".join(fmt(v) for v in d[what][task]["values"])]
+                 for what in ("retention", "forgetting") for task in stream["tasks"]]
+        parts += [f"## `{name}`", markdown_table(["metric", "mean ± 95%", "per seed"], rows)]
+    return "\n\n".join(parts) + "\n"
+
+
+def seeds_summary_text(summary: dict) -> str:
+    """The head of report.md over seeds (a study's settings with intervals): what the command line prints of a
+    study over seeds."""
     seeds = summary["seeds"]
     parts = [f"# `{summary['name']}` over seeds {', '.join(map(str, seeds))}",
              "Mean ± half-width of the 95% interval (t distribution over seeds); each seed's run is in "
@@ -56,14 +71,7 @@ def seeds_report(summary: dict) -> str:
             ["setting", "old task", "old", "new task", "new", "old retention", "hAP"],
             [[r["setting"], r["old_task"], stat(r["old_metric"]), r["new_task"], stat(r["new_metric"]),
               stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]])]
-    for name, stream in summary["streams"].items():
-        d = stream["derived"]
-        rows = [[key, stat(d[key]), ", ".join(fmt(v) for v in d[key]["values"])]
-                for key in ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap")]
-        rows += [[f"{what} {task}", stat(d[what][task]), ", ".join(fmt(v) for v in d[what][task]["values"])]
-                 for what in ("retention", "forgetting") for task in stream["tasks"]]
-        parts += [f"## `{name}`", markdown_table(["metric", "mean ± 95%", "per seed"], rows)]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts)
 
 
 def seeds_outputs(summary: dict) -> dict[str, str]:

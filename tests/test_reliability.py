@@ -248,7 +248,7 @@ def test_empty_phrase_is_refused(tmp_path):
 @pytest.mark.parametrize("lr, where", [("1e6", "evaluating, the decoder's states are not finite"),
                                        ("1e20", "the decoder's states are not finite at training step 2 of 4"),
                                        ("1e38", "the update overflowed float32")])
-def test_divergence_is_one_line_naming_the_step_and_the_run_resumes(tmp_path, capsys, uninterrupted, lr, where):
+def test_divergence_is_one_line_naming_the_step(tmp_path, capsys, lr, where):
     run_dir = tmp_path / "run"
     assert main(["run", str(SMOKE), f"run_dir={run_dir}", f"train.lr={lr}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -256,5 +256,10 @@ def test_divergence_is_one_line_naming_the_step_and_the_run_resumes(tmp_path, ca
     for weights in run_dir.glob("modules/*/adapter_model.safetensors"):  # none, or finite
         from safetensors.torch import load_file
         assert all(torch.isfinite(t).all() for t in load_file(weights).values())
-    assert main(["run", str(SMOKE), "--resume", f"run_dir={run_dir}"]) == 0  # a corrected rate (the default)
+
+
+def test_a_diverged_run_resumes_with_a_corrected_rate(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(SMOKE), f"run_dir={run_dir}", "train.lr=1e6"]) == 2  # a module saved, then diverged
+    assert main(["run", str(SMOKE), "--resume", f"run_dir={run_dir}"]) == 0  # the default rate
     assert (run_dir / "results.json").read_bytes() == uninterrupted
