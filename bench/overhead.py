@@ -4,8 +4,8 @@
     .venv/bin/python bench/overhead.py --run configs/compat.yaml run_dir=/tmp/overhead
 
 "Model" time is every training iteration's forward, backward and optimizer
-step plus every evaluation forward (RecordPlugin); the rest (data loading,
-COCO evaluation, Avalanche's callbacks and loggers, checkpoints, module saves,
+step plus every evaluation forward (continual.loop.ModelClock); the rest (data
+loading, COCO evaluation, TensorBoard and run.log, checkpoints, module saves,
 reports) is overhead. Read from each stream's timing.json; the wall time there
 starts when the stream starts (host loading and world generation come before
 and are left out).

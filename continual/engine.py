@@ -66,7 +66,7 @@ class Workspace:
     cfg: RunConfig
     host: Host
     tasks: dict[str, Task]
-    progress: bool = True
+    progress: bool | None = None  # progress bars (None: on a terminal, not in CI)
     trained: dict[str, "Done"] = field(default_factory=dict)  # training key -> the step that trained it
     evaluated: dict[str, dict] = field(default_factory=dict)  # evaluation key -> the evaluator's statistics
     # The frozen base every key starts from, hashed once: the host's weights and the starting modules.
@@ -79,7 +79,7 @@ class Workspace:
             self.pixels = PixelCache(self.host.to_pixels)
 
     @classmethod
-    def open(cls, cfg: RunConfig, progress: bool = True) -> "Workspace":
+    def open(cls, cfg: RunConfig, progress: bool | None = None) -> "Workspace":
         host = build_host(cfg.host).to(resolve_device(cfg.device))
         trained = {s.task for stream in cfg.streams().values() for s in stream.steps}
         with distributed.main_first():  # rank 0 writes the synthetic worlds' cache, the others read it
@@ -347,7 +347,7 @@ def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
     return one
 
 
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool | None = None) -> Path:
     """Run every stream of the config (the unfinished steps, with ``resume``); returns the run folder.
 
     With ``seeds``, once per seed (the train seed: data order and module initialisation; the data stay the

@@ -106,35 +106,38 @@ def train(stack: Stack, module: PeftModule, task, config: TrainConfig, *, checkp
     every other module are frozen and hashed before and after (IntegrityError if any moved). Frozen trunks
     that the module does not act inside are cached (``feature_cache``). With ``checkpoint``, training starts
     from the step's checkpoint when there is one and saves it every ``checkpoint.every`` steps and at the end.
+    The host is left in the mode it was found in.
 
         record = train(stack, build_module("sdpt", task=aquarium), aquarium, TrainConfig(steps=100))
     """
     host, config = stack.host, resolved(config, module)
     device = host.pixel_mean.device
-    host.train()  # the host's own mode while modules train (frozen trunks run in eval mode, see TrunkCache)
-    torch.manual_seed(config.seed)  # the module's initialisation
-    module.phrases = tuple(task.phrases)  # what policy `route` matches prompts to
-    if module not in stack.modules:
-        stack.push(module)
-    frozen = stack.frozen_hashes(except_module=module) if module.stackable else None
-    module.prepare(task)
-    params = stack.train_only(module)
-    module.to(device)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    resume = checkpoint.load() if checkpoint else None
-    if resume is not None:
-        module.load_module_state(resume["module"])
-        optimizer.load_state_dict(resume["optimizer"])
-    distributed.broadcast_parameters(params)  # one initialisation on every rank
+    # train mode while modules train (dropout where the host has it; frozen trunks run in eval mode, TrunkCache)
+    with mode(host, training=True):
+        torch.manual_seed(config.seed)  # the module's initialisation
+        module.phrases = tuple(task.phrases)  # what policy `route` matches prompts to
+        if module not in stack.modules:
+            stack.push(module)
+        frozen = stack.frozen_hashes(except_module=module) if module.stackable else None
+        module.prepare(task)
+        params = stack.train_only(module)
+        module.to(device)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        resume = checkpoint.load() if checkpoint else None
+        if resume is not None:
+            module.load_module_state(resume["module"])
+            optimizer.load_state_dict(resume["optimizer"])
+        distributed.broadcast_parameters(params)  # one initialisation on every rank
 
-    def after_step(step: int, losses: list[float]) -> None:
-        if checkpoint and checkpoint.due(step, config.steps):
-            checkpoint.save(step, module, optimizer, losses)
+        def after_step(step: int, losses: list[float]) -> None:
+            if checkpoint and checkpoint.due(step, config.steps):
+                checkpoint.save(step, module, optimizer, losses)
 
-    with TrunkCache(host.trunks(), stack.modules, feature_cache, feature_cache_mb) as cache:
-        record = fit(host, task, config, optimizer, objective=module.objective, resume=resume, pixels=pixels,
-                     progress=progress, label=f"{task.name} ({module.method})", after_step=after_step, clock=clock)
-        record.trunk_cache = cache.stats()
+        with TrunkCache(host.trunks(), stack.modules, feature_cache, feature_cache_mb) as cache:
+            record = fit(host, task, config, optimizer, objective=module.objective, resume=resume, pixels=pixels,
+                         progress=progress, label=f"{task.name} ({module.method})", after_step=after_step,
+                         clock=clock)
+            record.trunk_cache = cache.stats()
     module.requires_grad_(False)
     assert_frozen(stack, module, frozen)
     if checkpoint:
@@ -247,11 +250,11 @@ def autocast(device: torch.device):
 
 
 @contextlib.contextmanager
-def eval_mode(*modules: nn.Module):
-    """Every submodule in eval mode; each put back in its own mode after."""
+def mode(*modules: nn.Module, training: bool):
+    """Every submodule in train (or eval) mode; each put back in its own mode after."""
     modes = [(m, m.training) for module in modules for m in module.modules()]
     for module in modules:
-        module.eval()
+        module.train(training)
     try:
         yield
     finally:
@@ -275,7 +278,7 @@ def evaluate(stack: Stack | Host, task, policy: str = "all", *, batch_size: int 
     clock = clock or ModelClock()
     seen = []  # (target, prediction) per image, on the CPU
     loader = eval_loader(task.val, pixels, batch_size)
-    with stack.using(policy, task.name, task.phrases), eval_mode(host, *stack.modules):
+    with stack.using(policy, task.name, task.phrases), mode(host, *stack.modules, training=False):
         for images, targets in tqdm(loader, desc=f"eval {task.name}", unit="batch", leave=False,
                                     disable=not (default_progress() if progress is None else progress)):
             try:

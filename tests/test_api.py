@@ -175,3 +175,16 @@ def test_avalanche_example_runs_at_a_tiny_size(tmp_path, capsys):
     metrics = example("avalanche_strategy").main(["--epochs", "1", "--images", "8", "--log", str(tmp_path / "log")])
     assert any(k.startswith("Top1_Acc_Exp") for k in metrics)
     assert capsys.readouterr().out.splitlines()[-1].startswith("after experience 1: accuracy {")
+
+
+def test_train_leaves_the_host_as_found_so_route_reads_the_plain_text_side():
+    """The host trains in train mode (MiniLM's dropout) and goes back to eval mode after: the phrase embeddings
+    policy `route` compares with a threshold are then the same after training as before."""
+    host = cl.build_host("builtin:tiny-base")
+    task = cl.load_task("synthetic:aquarium", train_images=4, val_images=2)
+    stack = cl.Stack(host, route_threshold=0.75)
+    before = host.phrase_embeddings(["fish", "small fish"])
+    cl.train(stack, cl.build_module("sdpt", task=task), task, cl.TrainConfig(steps=1, batch_size=2, warmup=0))
+    assert not any(m.training for m in host.modules())
+    with stack.using("route"):
+        assert torch.equal(host.phrase_embeddings(["fish", "small fish"]), before)
