@@ -35,6 +35,7 @@ from evaluation.summary import policy_setting, swept_setting
 from continual.errors import ContinualError
 
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
+PRECISIONS = ("auto", "fp32", "bf16")  # of the forward (continual.loop.autocast)
 EVALUATE = ("stream", "seen")
 
 
@@ -85,6 +86,10 @@ class RunConfig:
     run_dir: str = "runs/${name}"
     host: str = "builtin:tiny-base"
     device: str = "auto"  # auto: cuda when present
+    precision: str = "auto"  # of the forward: fp32 | bf16 (autocast; trained weights stay fp32) | auto (bf16 on CUDA)
+    # Data loading processes for training and evaluation. Not under `train`: a step's train settings are its
+    # identity, and the number of workers changes no result.
+    num_workers: int = 0
     seeds: list[int] = field(default_factory=list)  # run the whole config once per seed (train seed), summarised
     policy: str = "all"  # composition at evaluation: all | own | route
     policies: list[str] = field(default_factory=list)  # each stream (setting) once per policy (replaces policy)
@@ -309,10 +314,13 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"{where}: device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"{where}: precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     check_positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
                       "data.image_size": cfg.data.image_size, "eval_batch_size": cfg.eval_batch_size,
-                      "checkpoint_every": cfg.checkpoint_every, "feature_cache_mb": cfg.feature_cache_mb},
-              allow_zero=("checkpoint_every", "feature_cache_mb"))
+                      "checkpoint_every": cfg.checkpoint_every, "feature_cache_mb": cfg.feature_cache_mb,
+                      "num_workers": cfg.num_workers},
+              allow_zero=("checkpoint_every", "feature_cache_mb", "num_workers"))
     check_train(where, "train.", cfg.train)
     try:
         host = host_class(cfg.host)

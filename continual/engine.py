@@ -155,7 +155,9 @@ class StreamRun:
 
     def trained_on(self) -> dict:
         """What every step's training depends on besides the steps themselves (not how rows are evaluated)."""
-        return {**self.ws.base_identity, "data": asdict(self.ws.cfg.data)}
+        # precision only where set: the runs written before it existed (all `auto`) keep their identities
+        precision = {} if self.ws.cfg.precision == "auto" else {"precision": self.ws.cfg.precision}
+        return {**self.ws.base_identity, "data": asdict(self.ws.cfg.data), **precision}
 
     def step_identity(self, index: int) -> dict:
         """What step ``index`` trains: its task's data, its method with the method's resolved config, its
@@ -248,7 +250,8 @@ class StreamRun:
         module = build_module(step.method, step.config, task=step.task)
         trained = train(stack, module, task, cfg, checkpoint=checkpoint, feature_cache=self.ws.cfg.feature_cache,
                         feature_cache_mb=self.ws.cfg.feature_cache_mb, pixels=self.ws.pixels,
-                        progress=self.ws.progress, clock=self.ws.clock)
+                        progress=self.ws.progress, clock=self.ws.clock, precision=self.ws.cfg.precision,
+                        workers=self.ws.cfg.num_workers)
         folder = self.folder.module(index, step.task, step.method)
         save_module(module, self.folder / folder, self.ws.host, stream=self.name, position=index,
                     train=asdict(cfg), final_loss=trained.losses[-1])
@@ -284,7 +287,8 @@ class StreamRun:
             if key not in self.ws.evaluated:
                 self.ws.evaluated[key] = evaluate(stack, task, self.policy, batch_size=self.ws.cfg.eval_batch_size,
                                                   pixels=self.ws.pixels, progress=self.ws.progress,
-                                                  clock=self.ws.clock)
+                                                  clock=self.ws.clock, precision=self.ws.cfg.precision,
+                                                  workers=self.ws.cfg.num_workers)
             found[task.name] = self.ws.evaluated[key]
         return found
 

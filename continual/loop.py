@@ -99,14 +99,16 @@ def resolved(config: TrainConfig, module: PeftModule) -> TrainConfig:
 
 def train(stack: Stack, module: PeftModule, task, config: TrainConfig, *, checkpoint: StepCheckpoint | None = None,
           feature_cache: bool = True, feature_cache_mb: int = 4096, pixels: PixelCache | None = None,
-          progress: bool | None = None, clock: ModelClock | None = None) -> TrainRecord:
+          progress: bool | None = None, clock: ModelClock | None = None, precision: str = "auto",
+          workers: int = 0) -> TrainRecord:
     """Train ``module`` alone on ``task``'s training split, on top of everything on ``stack``.
 
     The module is pushed on the stack (if it is not there) and initialised with ``config.seed``; the host and
     every other module are frozen and hashed before and after (IntegrityError if any moved). Frozen trunks
     that the module does not act inside are cached (``feature_cache``). With ``checkpoint``, training starts
     from the step's checkpoint when there is one and saves it every ``checkpoint.every`` steps and at the end.
-    The host is left in the mode it was found in.
+    The host is left in the mode it was found in. ``precision``: see ``autocast``; ``workers``: data loading
+    processes (the batches are the same with any number).
 
         record = train(stack, build_module("sdpt", task=aquarium), aquarium, TrainConfig(steps=100))
     """
@@ -136,7 +138,7 @@ def train(stack: Stack, module: PeftModule, task, config: TrainConfig, *, checkp
         with TrunkCache(host.trunks(), stack.modules, feature_cache, feature_cache_mb) as cache:
             record = fit(host, task, config, optimizer, objective=module.objective, resume=resume, pixels=pixels,
                          progress=progress, label=f"{task.name} ({module.method})", after_step=after_step,
-                         clock=clock)
+                         clock=clock, precision=precision, workers=workers)
             record.trunk_cache = cache.stats()
     module.requires_grad_(False)
     assert_frozen(stack, module, frozen)
@@ -159,7 +161,8 @@ def assert_frozen(stack: Stack, module: PeftModule, before: dict | None) -> None
 
 def fit(host, task, config: TrainConfig, optimizer: torch.optim.Optimizer, *, objective: Callable | None = None,
         resume: dict | None = None, pixels: PixelCache | None = None, progress: bool | None = None, label: str = "train",
-        after_step: Callable[[int, list[float]], None] | None = None, clock: ModelClock | None = None) -> TrainRecord:
+        after_step: Callable[[int, list[float]], None] | None = None, clock: ModelClock | None = None,
+        precision: str = "auto", workers: int = 0) -> TrainRecord:
     """``config.steps`` optimizer steps over what ``optimizer`` holds, on ``task``'s training split.
 
     Each step: the host's task loss on a batch, the trained part's ``objective(loss, progress)`` on it,
@@ -176,7 +179,8 @@ def fit(host, task, config: TrainConfig, optimizer: torch.optim.Optimizer, *, ob
     pixels = pixels or PixelCache(host.to_pixels)
     device = host.pixel_mean.device
     host.train()
-    batches = iter(train_loader(task.train, pixels, config.batch_size, config.steps, config.seed, start))
+    batches = iter(train_loader(task.train, pixels, config.batch_size, config.steps, config.seed, start, workers,
+                                pin_memory=device.type == "cuda"))
     if resume is not None:  # after the loader drew its seed, as the uninterrupted run had at this step
         torch.set_rng_state(resume["rng"])
     bar = tqdm(total=config.steps, initial=start, desc=label, unit="step", leave=False,
@@ -188,7 +192,7 @@ def fit(host, task, config: TrainConfig, optimizer: torch.optim.Optimizer, *, ob
                    for t in targets]
         with clock.timing(), stopped_at(task, step, config):
             optimizer.zero_grad()
-            with autocast(device):
+            with autocast(device, precision):
                 loss, _ = host.loss(Batch.of(task, host.pixel_batch(list(images)), targets, train=True))
             if objective is not None:  # the trained method's own objective (DPT's auxiliary terms)
                 loss = objective(loss, step / config.steps)
@@ -244,9 +248,11 @@ def stopped_at(task, step: int, config: TrainConfig):
                              "task's data)") from err
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str = "auto"):
+    """The forward's precision: ``bf16`` autocast (the trained weights stay fp32), ``fp32``, or ``auto``
+    (bf16 on CUDA, fp32 elsewhere)."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @contextlib.contextmanager
@@ -264,7 +270,8 @@ def mode(*modules: nn.Module, training: bool):
 
 @torch.no_grad()
 def evaluate(stack: Stack | Host, task, policy: str = "all", *, batch_size: int = 16,
-             pixels: PixelCache | None = None, progress: bool | None = None, clock: ModelClock | None = None) -> dict:
+             pixels: PixelCache | None = None, progress: bool | None = None, clock: ModelClock | None = None,
+             precision: str = "auto", workers: int = 0) -> dict:
     """Every statistic of ``task``'s evaluator on its validation split, with the stack's modules switched by
     ``policy`` (``all``, ``own`` or ``route``) for this task and its phrases; the stack is left as found.
     A host alone is evaluated as it is.
@@ -277,12 +284,12 @@ def evaluate(stack: Stack | Host, task, policy: str = "all", *, batch_size: int 
     pixels = pixels or PixelCache(host.to_pixels)
     clock = clock or ModelClock()
     seen = []  # (target, prediction) per image, on the CPU
-    loader = eval_loader(task.val, pixels, batch_size)
+    loader = eval_loader(task.val, pixels, batch_size, workers, pin_memory=device.type == "cuda")
     with stack.using(policy, task.name, task.phrases), mode(host, *stack.modules, training=False):
         for images, targets in tqdm(loader, desc=f"eval {task.name}", unit="batch", leave=False,
                                     disable=not (default_progress() if progress is None else progress)):
             try:
-                with clock.timing(), autocast(device):
+                with clock.timing(), autocast(device, precision):
                     predictions = host.predict(Batch.of(task, host.pixel_batch(list(images)), targets, train=False))
                 predictions = [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in p.items()}
                                for p in predictions]

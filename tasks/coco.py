@@ -58,7 +58,8 @@ class SkippedAnnotations:
 
 def read_coco_json(path: Path, strict: bool = False) -> tuple[dict, SkippedAnnotations]:
     """Load and validate one COCO instances file; isolated bad annotations are left out of it (or refused if
-    ``strict``). Returns the file's contents without them, and what was left out."""
+    ``strict``). Returns the file's contents without them, the annotations numbered from 1 (each one's own id
+    kept as ``source_id``), and what was left out."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
@@ -104,6 +105,10 @@ def read_coco_json(path: Path, strict: bool = False) -> tuple[dict, SkippedAnnot
             raise DataError(f"{fault[1]} (refused: data.strict is on; without it such annotations are skipped)")
         else:
             skipped.add(*fault)
+    # COCO evaluation (pycocotools and faster-coco-eval alike) records a match by the ground truth's id and
+    # reads 0 as "unmatched": Roboflow exports (ODinW) number their first box 0, so every box is numbered anew
+    # from 1 here; its own id stays beside it for messages.
+    kept = [{**ann, "id": n, "source_id": ann["id"]} for n, ann in enumerate(kept, start=1)]
     return {**coco, "annotations": kept}, skipped
 
 

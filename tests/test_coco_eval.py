@@ -1,5 +1,6 @@
 """COCO evaluation on cases with known answers, and backend agreement."""
 import random
+import warnings
 
 import pytest
 
@@ -76,3 +77,22 @@ def test_backends_agree_on_random_detections():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown COCO eval backend"):
         coco_bbox_metrics(GT, [], "detectron")
+
+
+def test_a_perfect_detector_scores_one_on_annotations_numbered_from_zero(tmp_path):
+    """Roboflow exports (ODinW) number their first box 0, which COCO evaluation reads as "unmatched": loading
+    numbers the boxes anew from 1."""
+    import json
+
+    from tasks.coco import read_coco_json
+
+    exported = {**GT, "images": [{**im, "file_name": f"{im['id']}.png"} for im in GT["images"]],
+                "annotations": [{**a, "id": a["id"] - 1} for a in GT["annotations"]]}
+    (tmp_path / "instances.json").write_text(json.dumps(exported))
+    coco, _ = read_coco_json(tmp_path / "instances.json")
+    assert [a["source_id"] for a in coco["annotations"]] == [0, 1, 2]
+    for backend in ("faster", "pycocotools"):
+        assert coco_bbox_metrics(coco, _perfect(), backend)["mAP"] == pytest.approx(1.0)
+        with warnings.catch_warnings():  # faster-coco-eval warns of id 0
+            warnings.simplefilter("ignore")
+            assert coco_bbox_metrics(exported, _perfect(), backend)["mAP"] < 0.9  # what the ids from 0 did
