@@ -74,7 +74,7 @@ def test_an_isolated_bad_annotation_is_skipped_or_refused_when_strict(tmp_path, 
     fault, change, message = SKIPPED[case]
     path = _write(tmp_path, _broken(lambda c: change(c["annotations"][0])), images=False)
     coco, skipped = read_coco_json(path)
-    assert [a["id"] for a in coco["annotations"]] == [2]
+    assert [a["source_id"] for a in coco["annotations"]] == [2]  # the file's own id (boxes are numbered anew)
     assert skipped.counts == {fault: 1} and message in skipped.first[0] and skipped.file == str(path)
     assert message in skipped.summary() and "data.strict" in skipped.summary()
     with pytest.raises(DataError) as err:
