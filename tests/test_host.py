@@ -168,3 +168,16 @@ def test_phrase_contrast_is_the_cross_entropy_of_the_matched_query_over_the_phra
 def test_unknown_builtin_checkpoint():
     with pytest.raises(HostError, match="unknown built-in host 'builtin:nothing-here'; known: .*tiny-base"):
         build_host("builtin:nothing-here")
+
+
+def test_the_t_sized_host_saved_loads_back_with_identical_outputs(tmp_path):
+    """Its BERT-base text tower is not MiniLM's, so it is saved with the rest (it was left out, and the folder
+    then failed to load with a size mismatch)."""
+    host = GroundingDinoHost.build_t_size(image_size=224)
+    host.save_pretrained(tmp_path / "t-size")
+    again = build_host(tmp_path / "t-size")
+    assert again.fingerprint() == host.fingerprint() and again.image_size == 224
+    pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = (h.raw_outputs(pixels, h.prompts(["fish", "crab"])[0]) for h in (host, again))
+    assert torch.equal(before.logits, after.logits) and torch.equal(before.pred_boxes, after.pred_boxes)

@@ -82,8 +82,9 @@ class GroundingDinoHost(Host):
     default_lora_targets = XMHA_LINEARS
 
     def __init__(self, model: GroundingDinoForObjectDetection, tokenizer, image_size: int, source: str,
-                 image_processor=None):
+                 image_processor=None, text_from_package: bool = False):
         super().__init__(model, tokenizer, image_size, source, image_processor)
+        self.text_from_package = text_from_package  # the text backbone is MiniLM's, from its package
         self._prompt_cache: dict[tuple, list[TextPrompt]] = {}
         special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
                    *tokenizer.convert_tokens_to_ids(list(DELIMITERS))]
@@ -109,14 +110,15 @@ class GroundingDinoHost(Host):
             model = GroundingDinoForObjectDetection.from_pretrained(folder if folder.exists() else source)
         except (OSError, ValueError) as err:
             raise HostError(f"cannot load a Grounding DINO from {source!r}: {err}") from err
-        if meta.get("text_backbone") == TEXT_PACKAGE:
+        from_package = meta.get("text_backbone") == TEXT_PACKAGE
+        if from_package:
             load_minilm(model.model.text_backbone, pooling=False)
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path() if meta.get("text_backbone") == TEXT_PACKAGE
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path() if from_package
                                                   else (folder if folder.exists() else source))
         size = image_size or meta.get("image_size") or 800
         # a real checkpoint's processor: shortest edge 800, longest at most 1333, padded with a pixel mask
         processor = None if image_size else load_image_processor(folder if folder.exists() else source)
-        return cls(model.eval(), tokenizer, size, source, processor)
+        return cls(model.eval(), tokenizer, size, source, processor, text_from_package=from_package)
 
     @classmethod
     def square_processor(cls, size: int) -> GroundingDinoImageProcessorPil:
@@ -129,7 +131,8 @@ class GroundingDinoHost(Host):
         torch.manual_seed(seed)
         model = GroundingDinoForObjectDetection(tiny_config(image_size))
         load_minilm(model.model.text_backbone, pooling=False)
-        return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny")
+        return cls(model.eval(), AutoTokenizer.from_pretrained(minilm_path()), image_size, "builtin:tiny",
+                   text_from_package=True)
 
     @classmethod
     def build_t_size(cls, image_size: int = 800, seed: int = 0) -> "GroundingDinoHost":
@@ -174,9 +177,12 @@ class GroundingDinoHost(Host):
         """The text encoder's token states, mean-pooled (MiniLM's own sentence pooling)."""
         return self._mean_pooled(phrases, lambda t: self.model.model.text_backbone(**t).last_hidden_state)
 
-    def save_pretrained(self, folder: str | Path, include_text_backbone: bool = False) -> None:
-        """HF layout; the text backbone is left out unless asked (it comes from its package)."""
+    def save_pretrained(self, folder: str | Path, include_text_backbone: bool | None = None) -> None:
+        """HF layout. The text backbone is left out when it is MiniLM's from its package (the tiny hosts: it
+        loads from there again) unless asked; any other text backbone (the T-sized host's BERT-base) is saved."""
         folder = Path(folder)
+        if include_text_backbone is None:
+            include_text_backbone = not self.text_from_package
         state = self.model.state_dict()
         if not include_text_backbone:
             state = {k: v for k, v in state.items() if not k.startswith("model.text_backbone.")}
