@@ -129,7 +129,7 @@ class ExperienceSplit:
         return to_pil_image(image) if torch.is_tensor(image) else image
 
     def target(self, index: int) -> dict:
-        return {"label": self.labels[int(self.dataset[index][1])]}
+        return {"label": self.labels[int(self.dataset.targets[index])]}  # (Avalanche's targets: no image read)
 
 
 def task_from_experiences(train, test, class_names: list[str], name: str | None = None,
