@@ -9,6 +9,7 @@ from continual.config import ConfigError, DataConfig, RunConfig, TaskConfig, loa
 from continual.engine import open_task
 from continual.engine import run as run_engine
 from continual.results import Results
+from tasks.task import default_name
 
 
 def load_task(data: str, name: str | None = None, *, host=None, kind: str = "detection",
@@ -29,7 +30,7 @@ def load_task(data: str, name: str | None = None, *, host=None, kind: str = "det
     spec = TaskConfig(data=data, kind=kind, **options)
     sizes = DataConfig(train_images=train_images, val_images=val_images, image_size=image_size, seed=seed,
                        strict=strict)
-    name = name or data.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    name = name or default_name(data)
     return open_task(name, spec, sizes, host)
 
 

@@ -117,11 +117,11 @@ def cmd_train(args) -> int:
     from continual.engine import run
     from continual.run_folder import TIMING
     from continual.training import TrainConfig
-    from evaluation.report import load_runs
-
     from continual.hosts.base import host_class
+    from evaluation.report import load_runs
+    from tasks.task import default_name
 
-    name = args.task.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    name = default_name(args.task)
     kind = args.kind or host_class(args.checkpoint).task_kinds[0]
     method_config = OmegaConf.to_container(OmegaConf.from_dotlist(args.set)) if args.set else {}
     cfg = RunConfig(name=f"train-{args.method}-{name}", host=args.checkpoint, data=DataConfig(seed=args.seed),

@@ -63,6 +63,11 @@ class Task:
         return ClassificationEvaluator(len(self.phrases))
 
 
+def default_name(spec: str) -> str:
+    """A task's name when none is given: the world's (``synthetic:aquarium``) or the folder's last part."""
+    return spec.split(":", 1)[-1].rstrip("/").split("/")[-1]
+
+
 def list_tasks() -> list[str]:
     """Built-in task specs; any COCO-layout or classification folder works too."""
     return [f"synthetic:{name}" for name in WORLDS]
@@ -135,5 +140,5 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
         raise DataError(f"task {spec!r}: phrase override(s) for unknown categories {sorted(unknown)}; "
                         f"categories are {names}")
     phrases = [overrides.get(n, n) for n in names]
-    task_name = name or spec.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    task_name = name or default_name(spec)
     return Task(task_name, kind, root, train, val, phrases, template if kind == "classification" else "{}", record)
