@@ -106,3 +106,18 @@ def zero_shot_retention(after: float, zero_shot: float) -> float | None:
 def harmonic_mean(old: float, new: float) -> float:
     """ZiRa's hAP: 2ab / (a + b) of the old-task and new-task metrics (0 when both are 0)."""
     return 2 * old * new / (old + new) if old + new else 0.0
+
+
+def mtil_transfer(matrix: Matrix) -> float | None:
+    """MTIL's Transfer (Zheng et al., 2023): per task j > 0, the mean of R[i][j] over the rows i < j (the
+    task before it is learned, after the tasks before it), then the mean over those tasks; None for one task."""
+    rows = check_matrix(matrix)
+    if rows == 1:
+        return None
+    return mean(mean(_entry(matrix, i, j) for i in range(j)) for j in range(1, rows))
+
+
+def mtil_average(matrix: Matrix) -> float:
+    """MTIL's Average: the mean of every entry R[i][j] of the T x T matrix."""
+    rows = check_matrix(matrix)
+    return mean(_entry(matrix, i, j) for i in range(rows) for j in range(rows))

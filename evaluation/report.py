@@ -100,6 +100,7 @@ def run_summary(results: dict) -> str:
                          fmt(d["hap"])]]),
         markdown_table(["task", "retention", "forgetting"],
                        [[t, fmt(d["retention"][t]), fmt(d["forgetting"][t])] for t in tasks]),
+        *_mtil_table(results),
     ]
     if results["held_out"]:
         hap = d.get("held_out_hap", {})
@@ -110,6 +111,17 @@ def run_summary(results: dict) -> str:
                                    fmt(hap.get(t))] for t, v in results["held_out"].items()])]
     parts += _data_notes(results)
     return "\n\n".join(parts)
+
+
+def _mtil_table(results: dict) -> list[str]:
+    """MTIL's three figures, for classification streams (the CLIP continual-learning field reports them)."""
+    mtil = results["derived"].get("mtil")  # (results written before them have none)
+    if mtil is None or metric_label(results) != "accuracy":
+        return []
+    return ["MTIL's figures: Transfer, each task's mean accuracy before it is learned; Average, every cell's mean; "
+            "Last, the final row's mean.",
+            markdown_table(["Transfer", "Average", "Last"],
+                           [[fmt(mtil["transfer"]), fmt(mtil["average"]), fmt(mtil["last"])]])]
 
 
 def _not_evaluated_note(results: dict) -> list[str]:

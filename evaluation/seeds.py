@@ -55,6 +55,8 @@ def seeds_report(summary: dict) -> str:
                 for key in ("final_average", "bwt", "fwt", "old_metric", "new_metric", "hap")]
         rows += [[f"{what} {task}", stat(d[what][task]), ", ".join(fmt(v) for v in d[what][task]["values"])]
                  for what in ("retention", "forgetting") for task in stream["tasks"]]
+        rows += [[f"MTIL {key}", stat(value), ", ".join(fmt(v) for v in value["values"])]
+                 for key, value in d.get("mtil", {}).items()]
         parts += [f"## `{name}`", markdown_table(["metric", "mean ± 95%", "per seed"], rows)]
     return "\n\n".join(parts) + "\n"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from statistics import mean
 
 from evaluation.forgetting import (MetricsError, backward_transfer, check_matrix, check_number, final_average,
-                                   forgetting, forward_transfer, harmonic_mean, retention, zero_shot_retention)
+                                   forgetting, forward_transfer, harmonic_mean, mtil_average, mtil_transfer,
+                                   retention, zero_shot_retention)
 
 
 SWEPT = "@lr="  # the name of a setting of an lr sweep: SETTING@lr=RATE
@@ -68,6 +69,9 @@ def derived_metrics(tasks: list[str], matrix: list[list[float | None]], zero_sho
         "old_metric": old_metric,
         "new_metric": new,
         "hap": harmonic_mean(old_metric, new) if old_metric is not None and new is not None else None,
+        # the CLIP continual-learning field's table (MTIL): Transfer, Average, Last (= the final average)
+        "mtil": {"transfer": _or_none(mtil_transfer, matrix), "average": _or_none(mtil_average, matrix),
+                 "last": average},
         "zero_shot_retention": {name: zero_shot_retention(v["final"], v["zero_shot"]) if v["final"] is not None
                                 else None for name, v in (held_out or {}).items()},
         # ZiRa's and DitHub's hAP: a held-out task kept (e.g. zero-shot COCO) against the stream's final average

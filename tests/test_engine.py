@@ -72,6 +72,10 @@ def test_classification_stream_on_the_dual_encoder(smoke_classify):
     assert results["data"]["aquarium"]["shots"] == 2 and results["data"]["aquarium"]["train_size"] == 10
     assert [m["method"] for m in results["modules"]] == ["adapter", "coop"]
     assert "top-1 accuracy" in (run_dir / "report.md").read_text() and (run_dir / "plots" / "matrix.png").is_file()
+    (first, unseen), last = results["matrix"]
+    assert results["derived"]["mtil"] == pytest.approx({"transfer": unseen, "average": (first + unseen + sum(last)) / 4,
+                                                        "last": sum(last) / 2})
+    assert "| Transfer | Average | Last |" in (run_dir / "report.md").read_text()
     cache = json.loads((run_dir / "timing.json").read_text())["steps"]
     # the adapter acts in the image tower: only the text tower is cached while it trains; under `all` it
     # stays on while CoOp (text tower) trains, so then neither tower is a fixed function

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from evaluation.forgetting import (MetricsError, backward_transfer, final_average, forgetting, forward_transfer,
-                                   harmonic_mean, retention, zero_shot_retention)
+                                   harmonic_mean, mtil_average, mtil_transfer, retention, zero_shot_retention)
 
 pytestmark = pytest.mark.fast  # unit-level: `make test-fast`
 
@@ -25,6 +25,25 @@ def test_hand_computed_values():
     assert zero_shot_retention(0.45, 0.5) == pytest.approx(0.9)
     assert harmonic_mean(0.532, 0.587) == pytest.approx(2 * 0.532 * 0.587 / (0.532 + 0.587))
     assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_mtil_metrics_by_hand():
+    # Transfer: task 1 before it is learned (row 0: 0.10); task 2 before it (rows 0 and 1: 0.05, 0.10)
+    assert mtil_transfer(R) == pytest.approx((0.10 + (0.05 + 0.10) / 2) / 2)
+    assert mtil_average(R) == pytest.approx(sum(map(sum, R)) / 9)
+    assert mtil_transfer([[0.4]]) is None and mtil_average([[0.4]]) == pytest.approx(0.4)
+    with pytest.raises(MetricsError, match=r"R\[0\]\[1\] was not evaluated"):
+        mtil_transfer([[0.5, None], [0.4, 0.6]])
+
+
+def test_mtil_in_derived_metrics():
+    from evaluation.summary import derived_metrics
+
+    d = derived_metrics(["a", "b", "c"], R, Z)
+    assert d["mtil"] == pytest.approx({"transfer": 0.0875, "average": sum(map(sum, R)) / 9,
+                                       "last": (0.30 + 0.65 + 0.70) / 3})
+    seen = derived_metrics(["a", "b"], [[0.5, None], [0.4, 0.6]], [0.2, 0.1])  # evaluate: seen
+    assert seen["mtil"]["transfer"] is None and seen["mtil"]["average"] is None
 
 
 def test_single_task_and_bad_matrices():
