@@ -54,19 +54,24 @@ def retention_scatter(points: list[dict], title: str) -> bytes:
     ax.set_title(title)
     return _png(fig)
 
-def frontier_plot(rows: list[dict], title: str) -> bytes:
+def frontier_plot(curves: dict[str, list[tuple]], title: str, metric: str,
+                  levels: list[float] = ()) -> bytes:
     """The retention-plasticity frontier: per swept setting, a line through its learning rates with
-    x = the new task's metric and y = old-task retention, each point labelled with its rate."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for setting in dict.fromkeys(r["swept"] for r in rows if r["swept"]):
-        points = sorted((r["lr"], r["new_metric"], r["old_retention"]) for r in rows if r["swept"] == setting
-                        and r["new_metric"] is not None and r["old_retention"] is not None)
-        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", ms=4, lw=1.2, label=setting)
-        for lr, x, y in points:
+    x = the new task's metric and y = old-task retention, each point labelled with its rate.
+
+    ``curves``: {setting: [(lr, x, x half-width or None, y, y half-width or None)]} (half-widths of 95%
+    intervals over seeds, drawn as bars); ``levels``: matched new-task levels, drawn as dotted lines."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for setting, points in curves.items():
+        points = sorted(p for p in points if p[1] is not None and p[3] is not None)
+        ax.errorbar([p[1] for p in points], [p[3] for p in points], xerr=[p[2] or 0.0 for p in points],
+                    yerr=[p[4] or 0.0 for p in points], marker="o", ms=4, lw=1.2, capsize=2, label=setting)
+        for lr, x, _, y, _ in points:
             ax.annotate(f"{lr:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for level in levels:
+        ax.axvline(level, color="grey", lw=0.7, ls=":")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    metrics = {r["metric"] for r in rows}
-    ax.set_xlabel(f"new-task {metrics.pop() if len(metrics) == 1 else 'metric'}")
+    ax.set_xlabel(f"new-task {metric}")
     ax.set_ylabel("old-task retention (final / when learned)")
     ax.set_title(f"{title}: learning rate swept")
     ax.legend(fontsize=7)

@@ -214,7 +214,11 @@ def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, b
     files = {COMPAT: json.dumps(rows, indent=2) + "\n",
              "plots/retention_vs_new.png": retention_scatter(rows, name), REPORT: study_report(name, rows)}
     if any(r["swept"] for r in rows):
-        files["plots/frontier.png"] = frontier_plot(rows, name)
+        curves: dict[str, list[tuple]] = {}
+        for r in rows:
+            if r["swept"]:
+                curves.setdefault(r["swept"], []).append((r["lr"], r["new_metric"], None, r["old_retention"], None))
+        files["plots/frontier.png"] = frontier_plot(curves, name, rows_metric(rows))
     return files
 
 

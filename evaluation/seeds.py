@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 
+from evaluation.frontier import frontier_summary
+from evaluation.plots import frontier_plot
 from evaluation.report import (COMPAT, REPORT, SUMMARY, compat_rows, fmt, markdown_table, policies_side_by_side,
-                               stat)
+                               rows_metric, stat)
 from evaluation.summary import mean_interval
 
 COMPAT_FIGURES = ("old_metric", "new_metric", "old_retention", "hap")
@@ -43,6 +45,9 @@ def seeds_summary(name: str, runs: dict[int, dict[str, dict]], study: bool) -> d
         summary["compat"] = [{**{k: v for k, v in row.items() if k not in COMPAT_FIGURES},
                               **{f: over_seeds([rows[k][i][f] for k in seeds]) for f in COMPAT_FIGURES}}
                              for i, row in enumerate(rows[seeds[0]])]
+        frontier = frontier_summary(runs, rows, over_seeds)
+        if frontier:
+            summary["frontier"] = frontier
     return summary
 
 
@@ -73,7 +78,30 @@ def seeds_summary_text(summary: dict) -> str:
             ["setting", "old task", "old", "new task", "new", "old retention", "hAP"],
             [[r["setting"], r["old_task"], stat(r["old_metric"]), r["new_task"], stat(r["new_metric"]),
               stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]])]
+    if "frontier" in summary:
+        parts += frontier_text(summary["frontier"], rows_metric(summary["compat"]))
     return "\n\n".join(parts)
+
+
+def frontier_text(frontier: dict, metric: str) -> list[str]:
+    """The lr sweep's part of the report: retention at matched new-task levels, paired differences."""
+    levels = frontier["levels"]
+    parts = ["## Retention at matched new-task " + metric,
+             "Each seed's curve through the swept rates (x: new-task " + metric + ", y: old-task retention), "
+             "interpolated at levels of the new-task metric that every curve of every seed reaches; mean ± 95% "
+             "interval over seeds. ![frontier](plots/frontier.png)"]
+    if not levels:
+        return parts + ["No level of the new-task metric is reached by every curve: widen `lr_sweep`."]
+    header = ["setting", *(f"retention at new {metric} {level:.3f}" for level in levels)]
+    parts.append(markdown_table(header, [[s, *map(stat, at)] for s, at in frontier["matched"].items()]))
+    if frontier["paired"]:
+        parts += ["Each setting against the first one listed with the same earlier steps (the same base modules "
+                  "in each seed), seed by seed: its retention minus the other's (an interval that excludes 0 "
+                  "separates them).",
+                  markdown_table(["setting", "minus", *(f"at {level:.3f}" for level in levels)],
+                                 [[p["setting"], p["against"], *map(stat, p["difference"])]
+                                  for p in frontier["paired"]])]
+    return parts
 
 
 def seeds_outputs(summary: dict) -> dict[str, str]:
@@ -81,4 +109,10 @@ def seeds_outputs(summary: dict) -> dict[str, str]:
     files = {SUMMARY: json.dumps(summary, indent=2) + "\n", REPORT: seeds_report(summary)}
     if "compat" in summary:
         files[COMPAT] = json.dumps(summary["compat"], indent=2) + "\n"
+    if "frontier" in summary:
+        curves = {s: [(p["lr"], p["new_metric"]["mean"], p["new_metric"]["interval"], p["old_retention"]["mean"],
+                       p["old_retention"]["interval"]) for p in points]
+                  for s, points in summary["frontier"]["curves"].items()}
+        files["plots/frontier.png"] = frontier_plot(curves, summary["name"], rows_metric(summary["compat"]),
+                                                    summary["frontier"]["levels"])
     return files
