@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv pretrain pretrain-clip pretrain-vilt clean
+.PHONY: demo test test-fast docs venv pretrain pretrain-clip pretrain-vilt clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m fast tests
 
+# The documentation site into site/ (not committed); --strict: a broken link or reference fails the build.
+docs: $(STAMP)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[docs]'
+	$(BIN)/mkdocs build --strict --site-dir site
+
 pretrain: $(STAMP)
 	$(BIN)/continual pretrain --out continual/checkpoints/tiny-base
 
@@ -36,4 +41,4 @@ pretrain-vilt: $(STAMP)
 	$(BIN)/continual pretrain --host vilt --out continual/checkpoints/tiny-vilt
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) site

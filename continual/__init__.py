@@ -43,6 +43,9 @@ install_torchvision_shim()
 _HOMES = {
     # hosts and tasks
     "build_host": "continual.hosts.base", "register_host": "continual.hosts.base", "Host": "continual.hosts.base",
+    # the shipped hosts, to subclass for a related model family (examples/custom_host.py)
+    "GroundingDinoHost": "continual.hosts.grounding_dino", "DualEncoderHost": "continual.hosts.dual_encoder",
+    "ViltHost": "continual.hosts.vilt",
     "load_task": "continual.api",
     # modules and their stack
     "build_module": "prompts.base", "register_method": "prompts.base", "PeftModule": "prompts.base",

@@ -55,7 +55,7 @@ class TaskConfig:
 
 @dataclass
 class StepConfig:
-    task: str = "???"
+    task: str = "???"  # a name in `tasks`
     method: str = "sdpt"  # or "none": evaluate the task without training a module
     config: dict[str, Any] = field(default_factory=dict)  # the method's config
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the run's `train`
@@ -72,19 +72,19 @@ class Stream(NamedTuple):
 class DataConfig:
     """Sizes of the synthetic worlds (COCO folders are used as they are) and how real data's faults are met."""
 
-    train_images: int = 400
-    val_images: int = 100
-    image_size: int = 128
-    seed: int = 0
+    train_images: int = 400  # synthetic worlds: training images
+    val_images: int = 100  # synthetic worlds: validation images
+    image_size: int = 128  # synthetic worlds: pixels per side
+    seed: int = 0  # synthetic worlds and few-shot draws (not the training seed: train.seed)
     strict: bool = False  # refuse a COCO file with any bad annotation (default: skip, count and name them)
     keep_supercategories: bool = False  # keep boxless supercategories (Roboflow's id 0) in the prompt
 
 
 @dataclass
 class RunConfig:
-    name: str = "run"
-    run_dir: str = "runs/${name}"
-    host: str = "builtin:tiny-base"
+    name: str = "run"  # the run's name (and its default folder)
+    run_dir: str = "runs/${name}"  # where everything the run writes goes
+    host: str = "builtin:tiny-base"  # builtin:NAME, a save_pretrained folder or a Hugging Face id
     device: str = "auto"  # auto: cuda when present
     precision: str = "auto"  # of the forward: fp32 | bf16 (autocast; trained weights stay fp32) | auto (bf16 on CUDA)
     # Data loading processes for training and evaluation. Not under `train`: a step's train settings are its
@@ -96,19 +96,20 @@ class RunConfig:
     route_threshold: Optional[float] = None  # route: also match phrases this similar (cosine); None: exact only
     evaluate: str = "stream"  # after each step: every task of the stream | the tasks seen so far
     held_out: list[str] = field(default_factory=list)  # evaluated after every step, never trained
-    eval_batch_size: int = 16
+    eval_batch_size: int = 16  # images per evaluation batch
     checkpoint_every: int = 100  # steps between mid-task checkpoints (0: task ends only)
     feature_cache: bool = True  # cache the outputs of frozen trunks that the trained module does not act inside
     feature_cache_mb: int = 4096  # memory the cache may hold
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # synthetic world sizes, real data's faults
+    train: TrainConfig = field(default_factory=TrainConfig)  # how each module trains (a step may override)
     start_from: list[str] = field(default_factory=list)  # module folders stacked before the first task
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)
-    stream: list[StepConfig] = field(default_factory=list)
-    settings: dict[str, list[StepConfig]] = field(default_factory=dict)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # the catalogue: name -> data, kind, phrases
+    stream: list[StepConfig] = field(default_factory=list)  # the steps, in order
+    settings: dict[str, list[StepConfig]] = field(default_factory=dict)  # a study: named streams (not with stream)
     imports: list[str] = field(default_factory=list)  # user modules that register methods or hosts, e.g. my_method
-    lr_sweep: list[float] = field(default_factory=list)  # frontier: each setting's last module at these multiples
-    # of its own learning rate (its step's, the run's train.lr, or the method's default)
+    # the frontier: each setting's last module at these multiples of its own learning rate (its step's, the
+    # run's train.lr, or the method's default)
+    lr_sweep: list[float] = field(default_factory=list)
 
     def streams(self) -> dict[str, Stream]:
         """Named streams: the settings of a study, or the one stream under the run's name; with ``policies``,

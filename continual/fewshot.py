@@ -43,26 +43,26 @@ log = logging.getLogger(__name__)
 class MethodSpec:
     """One row of the table: a method with its config and training overrides (``none``: zero-shot)."""
 
-    method: str = "???"
-    config: dict[str, Any] = field(default_factory=dict)
+    method: str = "???"  # a registered method, or none (zero-shot)
+    config: dict[str, Any] = field(default_factory=dict)  # the method's config
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the grid's `train` (lr, steps, ...)
 
 
 @dataclass
 class FewshotConfig:
-    name: str = "fewshot"
-    run_dir: str = "runs/${name}"
-    host: str = "builtin:tiny-clip"
-    device: str = "auto"
+    name: str = "fewshot"  # the grid's name (and its default folder)
+    run_dir: str = "runs/${name}"  # where fewshot.json, the report and the plot go
+    host: str = "builtin:tiny-clip"  # builtin:NAME, a save_pretrained folder or a Hugging Face id
+    device: str = "auto"  # auto: cuda when present
     shots: list[Optional[int]] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # null: the whole split
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each cell once per seed (shots drawn, init, order)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # tasks of one kind (their own `shots` unused)
     methods: dict[str, MethodSpec] = field(default_factory=dict)  # row label -> method
     data: DataConfig = field(default_factory=DataConfig)  # synthetic worlds' sizes: the pool the shots come from
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval_batch_size: int = 64
-    feature_cache: bool = True
-    feature_cache_mb: int = 2048
+    train: TrainConfig = field(default_factory=TrainConfig)  # how each cell's module trains
+    eval_batch_size: int = 64  # images per evaluation batch
+    feature_cache: bool = True  # cache the outputs of frozen trunks the trained module does not act inside
+    feature_cache_mb: int = 2048  # memory the cache may hold
     imports: list[str] = field(default_factory=list)  # user modules that register methods or hosts
 
 

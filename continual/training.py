@@ -19,13 +19,13 @@ class TrainConfig:
         TrainConfig(steps=100, batch_size=8, lr=1e-3)
     """
 
-    steps: int = 300
-    batch_size: int = 8
-    lr: Optional[float] = None  # None: the method's default_lr
-    weight_decay: float = 1e-4
-    warmup: int = 30
-    clip: float = 1.0
-    seed: int = 0
+    steps: int = 300  # optimizer steps
+    batch_size: int = 8  # images per step
+    lr: Optional[float] = None  # peak learning rate; None: the method's default_lr
+    weight_decay: float = 1e-4  # AdamW's
+    warmup: int = 30  # steps of linear warm-up before the cosine decay
+    clip: float = 1.0  # gradient norm clip
+    seed: int = 0  # the module's initialisation and the data order
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

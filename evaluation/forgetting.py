@@ -1,4 +1,4 @@
-"""Continual-learning metrics over a results matrix (DESIGN section 6).
+"""Continual-learning metrics over a results matrix (definitions: docs/concepts.md, Metrics).
 
 R[i][j] is task j's metric after training task i (i = 0..T-1); Z[j] is task j's
 metric before any training (the zero-shot row). Entries may be None where a

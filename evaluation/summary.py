@@ -1,4 +1,4 @@
-"""The derived metrics of a run (DESIGN section 6), from its matrix and zero-shot row.
+"""The derived metrics of a run (definitions: docs/concepts.md, Metrics), from its matrix and zero-shot row.
 
 A metric whose entries were not evaluated (``evaluate: seen`` leaves R[j-1][j]
 empty, so no FWT) is None rather than an error: the rest of the summary stands.

@@ -111,6 +111,13 @@ def test_a_host_registered_from_user_code_is_chosen_by_model_type(tmp_path, user
     assert host_class(tmp_path) is MyHost
 
 
+def test_custom_host_example_registers_siglip_and_runs_a_stream(user_registries, capsys):
+    out = example("custom_host").main(["--steps", "2", "--train-images", "10", "--val-images", "5"])
+    assert type(out["host"]).__name__ == "SiglipHost" and out["host"].kind == "siglip"
+    assert len(out["matrix"]) == 2 and all(0.0 <= v <= 1.0 for row in out["matrix"] for v in row)
+    assert "SiglipHost: zero-shot" in capsys.readouterr().out
+
+
 @pytest.mark.fast
 def test_build_host_prints_no_load_report(capfd):
     cl.build_host("builtin:tiny-base")

@@ -1,4 +1,4 @@
-"""SDPT exactly as DESIGN section 4 specifies."""
+"""SDPT exactly as docs/methods.md (SDPT) specifies."""
 import copy
 
 import pytest
@@ -114,7 +114,7 @@ def test_bad_sdpt_configs(tiny_host):
 
 
 def _appended(attn, vision, text, masks, sides):
-    """The method as DESIGN section 4 words it, the way it was computed before it was brought to its cost
+    """The method as docs/methods.md words it, the way it was computed before it was brought to its cost
     floor: append every (image-side, text-side, text hidden) triple of tokens to both sequences, run the
     host's attention unchanged, slice the extra rows off both outputs."""
     batch, v_mask, t_mask = vision.shape[0], masks["vision_attention_mask"], masks["text_attention_mask"]

@@ -1,7 +1,7 @@
 """The interface every host implements, the host registry and ``build_host``.
 
 A host is a frozen vision-language model wrapped so that PEFT methods find
-their places in it (DESIGN section 9). Methods see a host only through this
+their places in it (docs/hosts.md). Methods see a host only through this
 interface: ``model`` (the wrapped network, root of every frozen weight),
 ``sites(kind)``, ``ffn_sites(kind)`` and ``attention_sites()``, ``block_layout(kind)``, the text
 context slots (CoOp), ``fingerprint()`` and ``source``. The engine adds
