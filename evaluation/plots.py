@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from evaluation.summary import POLICY  # noqa: E402
+
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
@@ -30,6 +32,9 @@ def matrix_heatmap(results: dict) -> bytes:
             if v == v:
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < 0.5 * image.norm.vmax
                         else "black", fontsize=8)
+            else:  # evaluate: seen, or a task that joined a resumed stream: say so in the cell
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.92", hatch="//", edgecolor="0.7"))
+                ax.text(j, i, "not\nevaluated", ha="center", va="center", color="0.35", fontsize=7)
     names = results["metric_names"]
     ax.set_xticks(range(len(tasks)), [f"{t} ({names[t]})" for t in tasks], rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels)
@@ -38,21 +43,35 @@ def matrix_heatmap(results: dict) -> bytes:
     return _png(fig)
 
 
-def retention_scatter(points: list[dict], title: str) -> bytes:
-    """One point per setting: x = the new task's metric, y = old-task retention."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for p in points:
-        if p["old_retention"] is None or p["new_metric"] is None:
-            continue
-        ax.scatter(p["new_metric"], p["old_retention"], s=40)
-        ax.annotate(p["setting"], (p["new_metric"], p["old_retention"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    metrics = {p["metric"] for p in points}
-    ax.set_xlabel(f"new-task {metrics.pop() if len(metrics) == 1 else 'metric'}")
-    ax.set_ylabel("old-task retention (final / when learned)")
-    ax.set_title(title)
+def retention_scatter(points: list[dict], title: str, metric: str) -> bytes:
+    """Old-task retention (y) against the new task's metric (x): one panel per composition policy, one colour
+    and marker per setting named in a legend (labels beside the points overlap where settings tie).
+
+    ``points``: {"setting", "policy", "new_metric", "old_retention"} and, over seeds, "new_interval" and
+    "retention_interval" (half-widths of 95% intervals, drawn as bars)."""
+    policies = list(dict.fromkeys(p["policy"] for p in points))
+    settings = list(dict.fromkeys(p["setting"].replace(POLICY + p["policy"], "") for p in points))
+    style = {name: (f"C{i % 10}", "osD^vP*X"[i // 10 % 8]) for i, name in enumerate(settings)}
+    fig, axes = plt.subplots(1, len(policies), figsize=(1.6 + 3.6 * len(policies), 3.8), squeeze=False, sharey=True)
+    for ax, policy in zip(axes[0], policies):
+        for p in points:
+            if p["policy"] != policy or p["old_retention"] is None or p["new_metric"] is None:
+                continue
+            colour, marker = style[p["setting"].replace(POLICY + policy, "")]
+            ax.errorbar(p["new_metric"], p["old_retention"], xerr=p.get("new_interval") or 0.0,
+                        yerr=p.get("retention_interval") or 0.0, fmt=marker, color=colour, ms=6, capsize=2,
+                        alpha=0.85)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(f"new-task {metric}")
+        ax.set_title(f"policy {policy}" if len(policies) > 1 else title, fontsize=10)
+    axes[0][0].set_ylabel("old-task retention (final / when learned)")
+    handles = [plt.Line2D([], [], color=c, marker=m, ls="") for c, m in style.values()]
+    fig.legend(handles, list(style), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    if len(policies) > 1:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _png(fig)
+
 
 def frontier_plot(curves: dict[str, list[tuple]], title: str, metric: str,
                   levels: list[float] = ()) -> bytes:

@@ -212,7 +212,8 @@ def study_outputs(name: str, results_by_setting: dict[str, dict]) -> dict[str, b
     frontier plot of an lr sweep)."""
     rows = compat_rows(results_by_setting)
     files = {COMPAT: json.dumps(rows, indent=2) + "\n",
-             "plots/retention_vs_new.png": retention_scatter(rows, name), REPORT: study_report(name, rows)}
+             "plots/retention_vs_new.png": retention_scatter(rows, name, rows_metric(rows)),
+             REPORT: study_report(name, rows)}
     if any(r["swept"] for r in rows):
         curves: dict[str, list[tuple]] = {}
         for r in rows:

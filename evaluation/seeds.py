@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from evaluation.frontier import frontier_summary
-from evaluation.plots import frontier_plot
+from evaluation.plots import frontier_plot, retention_scatter
 from evaluation.report import (COMPAT, REPORT, SUMMARY, compat_rows, fmt, markdown_table, policies_side_by_side,
                                rows_metric, stat)
 from evaluation.summary import mean_interval
@@ -77,7 +77,8 @@ def seeds_summary_text(summary: dict) -> str:
         parts += [*policies_side_by_side(summary["compat"], stat), "## Settings", markdown_table(
             ["setting", "old task", "old", "new task", "new", "old retention", "hAP"],
             [[r["setting"], r["old_task"], stat(r["old_metric"]), r["new_task"], stat(r["new_metric"]),
-              stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]])]
+              stat(r["old_retention"]), stat(r["hap"])] for r in summary["compat"]]),
+            "![old-task retention against the new task's metric, over seeds](plots/retention_vs_new.png)"]
     if "frontier" in summary:
         parts += frontier_text(summary["frontier"], rows_metric(summary["compat"]))
     return "\n\n".join(parts)
@@ -89,7 +90,7 @@ def frontier_text(frontier: dict, metric: str) -> list[str]:
     parts = ["## Retention at matched new-task " + metric,
              "Each seed's curve through the swept rates (x: new-task " + metric + ", y: old-task retention), "
              "interpolated at levels of the new-task metric that every curve of every seed reaches; mean ± 95% "
-             "interval over seeds. ![frontier](plots/frontier.png)"]
+             "interval over seeds.", "![frontier](plots/frontier.png)"]
     if not levels:
         return parts + ["No level of the new-task metric is reached by every curve: widen `lr_sweep`."]
     header = ["setting", *(f"retention at new {metric} {level:.3f}" for level in levels)]
@@ -109,6 +110,12 @@ def seeds_outputs(summary: dict) -> dict[str, str]:
     files = {SUMMARY: json.dumps(summary, indent=2) + "\n", REPORT: seeds_report(summary)}
     if "compat" in summary:
         files[COMPAT] = json.dumps(summary["compat"], indent=2) + "\n"
+    if "compat" in summary:
+        files["plots/retention_vs_new.png"] = retention_scatter(
+            [{"setting": r["setting"], "policy": r["policy"], "new_metric": r["new_metric"]["mean"],
+              "old_retention": r["old_retention"]["mean"], "new_interval": r["new_metric"]["interval"],
+              "retention_interval": r["old_retention"]["interval"]} for r in summary["compat"]],
+            f"{summary['name']}: mean ± 95% interval over seeds", rows_metric(summary["compat"]))
     if "frontier" in summary:
         curves = {s: [(p["lr"], p["new_metric"]["mean"], p["new_metric"]["interval"], p["old_retention"]["mean"],
                        p["old_retention"]["interval"]) for p in points]
