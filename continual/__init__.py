@@ -47,6 +47,9 @@ _HOMES = {
     "GroundingDinoHost": "continual.hosts.grounding_dino", "DualEncoderHost": "continual.hosts.dual_encoder",
     "ViltHost": "continual.hosts.vilt",
     "load_task": "continual.api",
+    # task kinds: a new one from user code (examples/custom_task_kind.py)
+    "register_task_kind": "tasks.kinds", "TaskKind": "tasks.kinds", "LoadOptions": "tasks.kinds",
+    "LoadedData": "tasks.kinds",
     # modules and their stack
     "build_module": "prompts.base", "register_method": "prompts.base", "PeftModule": "prompts.base",
     "Stack": "prompts.stack", "save_module": "prompts.store", "load_module": "prompts.store",

@@ -260,7 +260,7 @@ class ShowDefaults(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tasks.task import TASK_KINDS
+    from tasks.kinds import TASK_KINDS
 
     parser = argparse.ArgumentParser(prog="continual", description=__doc__ + " Continual adaptation of frozen VLPs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="builtin:tiny-base, builtin:tiny-clip, builtin:tiny-vilt, a save_pretrained folder or a HF id "
                          "")
     ev.add_argument("--task", action="append", help="synthetic:WORLD, coco:FOLDER or a folder; repeatable")
-    ev.add_argument("--kind", choices=TASK_KINDS,
+    ev.add_argument("--kind", choices=list(TASK_KINDS),
                     help="task kind (default: the host's first: detection for Grounding DINO, classification for "
                          "a dual encoder, vqa for ViLT)")
     ev.add_argument("--template", default="a photo of a {}.", help="class sentence for classification ({} = class)")
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sdpt, dpt, apt, deep_prompt, adapter, vpt, lora, bitfit, coop, linear_probe, full_ft "
                          "(continual methods --checkpoint CKPT lists those a host takes)")
     tr.add_argument("--task", required=True, help="synthetic:WORLD, coco:FOLDER or a folder")
-    tr.add_argument("--kind", choices=TASK_KINDS,
+    tr.add_argument("--kind", choices=list(TASK_KINDS),
                     help="task kind (default: the host's first; classification needs a dual-encoder host, e.g. "
                          "--checkpoint builtin:tiny-clip, vqa a ViLT, e.g. builtin:tiny-vilt)")
     tr.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="the host")

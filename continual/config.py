@@ -292,7 +292,7 @@ def validate(cfg: RunConfig, where: str) -> None:
     from continual.hosts.base import HostError, host_class
     from prompts import METHODS, POLICIES, MethodError, build_module
     from prompts.base import check_sites
-    from tasks.task import TASK_KINDS
+    from tasks.kinds import TASK_KINDS
     from tasks.worlds import WORLDS
 
     if cfg.policy not in POLICIES:
@@ -329,11 +329,13 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: host: {err}") from err
     for name, task in cfg.tasks.items():
         if task.kind not in TASK_KINDS:
-            raise ConfigError(f"{where}: tasks.{name}.kind: must be one of {TASK_KINDS}, got {task.kind!r}")
-        if task.shots is not None and (task.kind != "classification" or task.shots < 1):
+            raise ConfigError(f"{where}: tasks.{name}.kind: must be one of {tuple(TASK_KINDS)}, got {task.kind!r}"
+                              f"{_nearest(task.kind, TASK_KINDS)}")
+        kind = TASK_KINDS[task.kind]
+        if task.shots is not None and (not kind.takes_shots or task.shots < 1):
             raise ConfigError(f"{where}: tasks.{name}.shots: a positive number of images per class, for "
                               f"classification tasks only (got {task.shots} on a {task.kind} task)")
-        if task.val_split != "val" and task.kind != "detection":
+        if task.val_split != "val" and not kind.takes_val_split:
             raise ConfigError(f"{where}: tasks.{name}.val_split: for detection tasks only (got {task.val_split!r} "
                               f"on a {task.kind} task)")
         if "{}" not in task.template:

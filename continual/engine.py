@@ -37,12 +37,12 @@ from continual.loop import ModelClock, StepCheckpoint, evaluate, train
 from continual.run_folder import CHECKPOINT, CONFIG, STATE, TIMING, RunFolder
 from continual.run_state import StepRecord, StreamState, digest, method_config
 from continual.training import TrainConfig
-from evaluation.evaluators import LOGGED
 from evaluation.report import RESULTS, SUMMARY, load_runs, run_outputs, study_outputs
 from evaluation.seeds import seeds_outputs, seeds_summary
 from evaluation.summary import derived_metrics
 from prompts import METHODS, Stack, build_module, load_module, parameter_counts, save_module
 from tasks.errors import DataError
+from tasks.kinds import task_kind
 from tasks.task import Task, load_task
 from tasks.worlds import WorldSizes
 
@@ -300,7 +300,8 @@ class StreamRun:
         for i, loss in enumerate(record.losses):
             board.add_scalar(f"loss/{record.task}", loss, first + i)
         for task, metrics in record.metrics.items():
-            for stat in LOGGED[self.ws.tasks[task].kind]:
+            kind = task_kind(self.ws.tasks[task].kind)
+            for stat in (kind.metric, *kind.logged):
                 board.add_scalar(f"{stat}/{task}", metrics[stat], record.index)
 
     def write_timing(self, seconds: float, model_seconds: float, records: list[StepRecord]) -> None:

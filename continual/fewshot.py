@@ -34,6 +34,7 @@ from continual.loop import evaluate, train
 from continual.run_folder import CONFIG, FEWSHOT, RunFolder, same_config
 from continual.training import TrainConfig
 from evaluation.fewshot import fewshot_outputs
+from tasks.kinds import TASK_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
     if len(kinds) > 1:
         raise ConfigError(f"{where}: tasks: one table needs one metric, so one task kind; got {sorted(kinds)}")
     for name, task in cfg.tasks.items():
-        if task.kind != "classification" and any(k is not None for k in cfg.shots):
+        if task.kind in TASK_KINDS and not TASK_KINDS[task.kind].takes_shots and any(k is not None for k in cfg.shots):
             raise ConfigError(f"{where}: shots: K images per class needs classification tasks; tasks.{name} is "
                               f"{task.kind!r}, so use shots: [null] (the whole training split)")
         if task.shots is not None:

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from evaluation.coco_eval import coco_bbox_metrics
 
-# Statistics logged per evaluation to TensorBoard and run.log, by kind.
-LOGGED = {"detection": ("mAP", "AP50", "AP75", "AR100"), "classification": ("accuracy", "mean_class_accuracy"),
-          "vqa": ("vqa_accuracy",)}
-
-
 def _number(value) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 

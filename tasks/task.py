@@ -1,6 +1,6 @@
 """A task: a kind, named train/val data, the class phrases the VLP is prompted with, and its evaluator.
 
-Kinds and their data:
+Kinds (tasks.kinds, a registry user code extends) and their data:
 - ``detection``: a COCO-layout folder (COCO, Roboflow/ODinW) or ``synthetic:WORLD`` scenes;
 - ``classification``: an ImageFolder tree or arrow shards (tasks.classification),
   or ``synthetic:WORLD`` object crops; ``shots: K`` keeps K training images per class;
@@ -9,20 +9,15 @@ Kinds and their data:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evaluation.evaluators import ClassificationEvaluator, CocoEvaluator, VqaEvaluator
-from tasks.classification import load_classification
-from tasks.coco import CocoDetection, SkippedAnnotations, empty_supercategories, find_split, has_split
+from tasks.coco import SkippedAnnotations
 from tasks.errors import DataError
-from tasks.vqa import load_vqa
+from tasks.kinds import TASK_KINDS, LoadOptions, task_kind
 from tasks.worlds import WORLDS, WorldSizes, world_folder
 
-TASK_KINDS = ("detection", "classification", "vqa")
-PRIMARY_METRIC = {"detection": "mAP", "classification": "accuracy", "vqa": "vqa_accuracy"}
-WORLD_LAYOUTS = {"detection": "coco", "classification": "crops", "vqa": "vqa"}
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -52,15 +47,11 @@ class Task:
     @property
     def metric(self) -> str:
         """The statistic the results matrix holds for this task."""
-        return PRIMARY_METRIC[self.kind]
+        return task_kind(self.kind).metric
 
     def evaluator(self):
         """A fresh ``reset / process / evaluate`` evaluator over the validation split."""
-        if self.kind == "detection":
-            return CocoEvaluator(self.val.coco, self.val.categories)
-        if self.kind == "vqa":
-            return VqaEvaluator()
-        return ClassificationEvaluator(len(self.phrases))
+        return task_kind(self.kind).evaluator(self)
 
 
 def default_name(spec: str) -> str:
@@ -76,8 +67,11 @@ def list_tasks() -> list[str]:
 def resolve_root(spec: str, seed: int = 0, sizes: WorldSizes | None = None, cache_root: Path | None = None,
                  kind: str = "detection") -> Path:
     if spec.startswith("synthetic:"):
+        layout = task_kind(kind).world_layout
+        if layout is None:
+            raise DataError(f"task {spec!r}: {kind} tasks have no synthetic worlds; give a dataset folder")
         return world_folder(spec.split(":", 1)[1], seed=seed, sizes=sizes or WorldSizes(), cache_root=cache_root,
-                            layout=WORLD_LAYOUTS[kind])
+                            layout=layout)
     folder = Path(spec.split(":", 1)[1] if spec.startswith(("coco:", "folder:")) else spec)
     if not folder.is_dir():
         raise DataError(f"task {spec!r}: not a known task ({', '.join(list_tasks())}) nor a dataset folder")
@@ -102,37 +96,15 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
     """
     if kind not in TASK_KINDS:
         raise DataError(f"task {spec!r}: unknown kind {kind!r}; choose from {', '.join(TASK_KINDS)}")
-    if shots is not None and kind != "classification":
+    kind_of = task_kind(kind)
+    if shots is not None and not kind_of.takes_shots:
         raise DataError(f"task {spec!r}: shots is for classification tasks, not {kind}")
     root = resolve_root(spec, seed, sizes, cache_root, kind)
-    record: dict[str, Any] = {"kind": kind}
-    if kind == "detection":
-        val = CocoDetection(*find_split(root, val_split), strict=strict)
-        if train_split is None:
-            train_split = has_split(root, "train")
-        train = CocoDetection(*find_split(root, "train"), strict=strict) if train_split else None
-        splits = {"train": train, "val": val} if train else {"val": val}
-        if train and train.category_names != val.category_names:
-            raise DataError(f"{root}: train and val have different categories ({train.category_names} vs "
-                            f"{val.category_names})")
-        skipped = {split: asdict(d.skipped) for split, d in splits.items() if d.skipped.total}
-        left_out = [] if keep_supercategories else empty_supercategories(*splits.values())
-        for data in splits.values():
-            data.leave_out_categories({c["id"] for c in left_out})
-        if skipped:  # results.json names what was left out (nothing when nothing was)
-            record["skipped_annotations"] = skipped
-        if left_out:
-            record["left_out_categories"] = [c["name"] for c in left_out]
-        names = val.category_names
-    elif kind == "vqa":
-        train, val = load_vqa(root)
-        names = train.answers
-    else:
-        train, val = load_classification(root)
-        names = val.class_names
-        if shots is not None:
-            train, chosen = train.few_shot(shots, seed)
-            record.update(shots=shots, shot_seed=seed, shot_indices=chosen)
+    loaded = kind_of.load(root, LoadOptions(seed=seed, shots=shots, strict=strict,
+                                            keep_supercategories=keep_supercategories, train_split=train_split,
+                                            val_split=val_split))
+    train, val, names = loaded.train, loaded.val, loaded.class_names
+    record: dict[str, Any] = {"kind": kind, **loaded.record}
     record.update(train_size=len(train) if train is not None else 0, val_size=len(val))
     overrides = phrase_overrides or {}
     unknown = set(overrides) - set(names)
@@ -141,4 +113,4 @@ def load_task(spec: str, name: str | None = None, phrase_overrides: dict[str, st
                         f"categories are {names}")
     phrases = [overrides.get(n, n) for n in names]
     task_name = name or default_name(spec)
-    return Task(task_name, kind, root, train, val, phrases, template if kind == "classification" else "{}", record)
+    return Task(task_name, kind, root, train, val, phrases, template if kind_of.uses_template else "{}", record)

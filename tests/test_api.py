@@ -65,13 +65,15 @@ def test_python_stream_example_equals_the_yaml_run(tmp_path, capsys):
 
 @pytest.fixture
 def user_registries():
-    """Methods and hosts a test registers from user code are taken out again after it."""
+    """Methods, hosts and task kinds a test registers from user code are taken out again after it."""
     from continual.hosts.base import HOSTS
     from prompts.base import METHODS
+    from tasks.kinds import TASK_KINDS
 
-    before = (dict(METHODS), dict(HOSTS))
+    registries = (METHODS, HOSTS, TASK_KINDS)
+    before = tuple(map(dict, registries))
     yield
-    for registry, kept in zip((METHODS, HOSTS), before):
+    for registry, kept in zip(registries, before):
         for name in set(registry) - set(kept):
             registry.pop(name)
 
@@ -116,6 +118,24 @@ def test_custom_host_example_registers_siglip_and_runs_a_stream(user_registries,
     assert type(out["host"]).__name__ == "SiglipHost" and out["host"].kind == "siglip"
     assert len(out["matrix"]) == 2 and all(0.0 <= v <= 1.0 for row in out["matrix"] for v in row)
     assert "SiglipHost: zero-shot" in capsys.readouterr().out
+
+
+def test_custom_task_kind_example_registers_multilabel_and_runs_a_stream(user_registries, capsys):
+    from tasks.kinds import TASK_KINDS
+
+    out = example("custom_task_kind").main(["--steps", "2", "--train-images", "10", "--val-images", "5"])
+    assert [t.kind for t in out["tasks"]] == ["multilabel", "multilabel"] and "multilabel" in TASK_KINDS
+    assert out["tasks"][0].record["train_size"] == 10 and out["tasks"][0].metric == "f1"
+    assert len(out["matrix"]) == 2 and all(0.0 <= v <= 1.0 for row in out["matrix"] for v in row)
+    assert "multilabel F1" in capsys.readouterr().out
+
+
+def test_an_unknown_task_kind_names_the_nearest(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(SMOKE.read_text().replace('base: {data: "synthetic:base"}',
+                                                'base: {data: "synthetic:base", kind: detections}'))
+    with pytest.raises(cl.ContinualError, match="tasks.base.kind: must be one of .*did you mean 'detection'"):
+        cl.load_config(config)
 
 
 @pytest.mark.fast
