@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Grounding DINO's stages: `shapes` (the shipped tiny-base: the base world's 12 names) or "
                          "`grounding` (30 colour-shape categories named by words drawn at each step, with absent "
                          "ones named too, a third of the steps naming colours only or shapes only; 6 combinations "
-                         "held out; not yet a working recipe, see the README)")
+                         "held out; not yet a working recipe, see docs/results/grounding-probe.md)")
     pt.add_argument("--out", required=True, help="folder for the checkpoint (replaced when the run ends); each "
                                                  "validation also saves the host to OUT-snapshots/STAGE-STEP")
     pt.add_argument("--from", dest="start", metavar="CHECKPOINT",

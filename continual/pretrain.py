@@ -107,7 +107,7 @@ def grounding_stages() -> dict[str, PretrainStage]:
     beside the focal loss (continual.hosts.phrase_contrast). Stage ``word-scenes``: the same on every world's
     backgrounds.
     From random weights the words stages alone left a shape detector after 6,000 steps; the ``shapes`` host
-    already reads colour from its queries. Not yet a working recipe (README: "Does the host read its prompt's
+    already reads colour from its queries. Not yet a working recipe (docs/results/grounding-probe.md: "Does the host read its prompt's
     words?").
     """
     # 4 images a batch: with 6 negatives a step names 14.5 categories on average, one 64-token prompt (8 images

@@ -67,7 +67,7 @@ class ApproximatedPrompt(nn.Module):
 class ApproximatedPromptTuning(PeftModule):
     method = "apt"
     Config = AptConfig
-    default_lr = 0.003  # best of 1e-3, 3e-3, 1e-2 on the tiny ViLT (aquarium VQA, 150 steps; README)
+    default_lr = 0.003  # best of 1e-3, 3e-3, 1e-2 on the tiny ViLT (aquarium VQA, 150 steps; docs/results/apt.md)
 
     def _sites(self, host):
         sites = host.attention_sites()

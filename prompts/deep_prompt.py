@@ -30,4 +30,4 @@ class DeepPrompt(VisualPromptTuning):
     method = "deep_prompt"
     Config = DeepPromptConfig
     site_kind = "attention_blocks"
-    default_lr = 3e-4  # best of 1e-4 .. 3e-2 on the tiny ViLT (aquarium VQA, 150 steps; README)
+    default_lr = 3e-4  # best of 1e-4 .. 3e-2 on the tiny ViLT (aquarium VQA, 150 steps; docs/results/apt.md)

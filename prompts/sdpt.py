@@ -55,7 +55,7 @@ def inverse_projection(linear: nn.Linear) -> torch.Tensor:
 class SdptPrompts(PeftModule):
     method = "sdpt"
     Config = SdptConfig
-    default_lr = 0.3  # on the tiny host the best for a new world of 0.03, 0.1, 0.3 and 1.0 (README, issue 3)
+    default_lr = 0.3  # on the tiny host the best for a new world of 0.03, 0.1, 0.3 and 1.0 (docs/results/compat.md)
 
     def required_sites(self):
         return ("fusion",)
