@@ -91,3 +91,43 @@ def test_prompt_ensemble_and_coop_sentences(tiny_clip_host):
     tokens = tiny_clip_host.text_tokens(PHRASES, "a photo of a {}.")
     decoded = tiny_clip_host.tokenizer.decode(tokens["input_ids"][0], skip_special_tokens=True)
     assert decoded == "a photo of a red circle."
+
+
+def test_coop_context_lives_in_embedding_space_on_a_bpe_tokenizer(clip_folder):
+    from prompts import Stack, build_module
+
+    host = build_host(clip_folder)  # CLIP's BPE: no [unusedN] placeholder tokens
+    assert host.context_slot_ids(4) is None
+    coop = Stack(host).push(build_module("coop", {"tokens": 4}, task="t"))
+    tokens = host.text_tokens(["fish"], "{}")
+    filler = tokens["input_ids"][0, 1]
+    assert host.context_index[0].tolist()[:6] == [-1, 0, 1, 2, 3, -1]
+    # the context set to the filler word's own embedding: the same sentence as the words "x x x x fish."
+    assert tokens["input_ids"][0].tolist() == host.tokenizer("x x x x fish.")["input_ids"]
+    (embeddings,) = host.sites("text_embeddings").values()
+    with torch.no_grad():
+        coop.context.copy_(embeddings.weight[filler].expand_as(coop.context))
+        with_context = host.text_features(["fish"], "{}")
+        coop.enabled = False
+        plain = host.text_features(["x x x x fish"], "{}.")
+    assert torch.allclose(with_context, plain, atol=1e-6)  # and so CLIP's end-token pooling read the same place
+    coop.enabled = True
+    with torch.no_grad():
+        coop.context.normal_()
+    assert not torch.allclose(host.text_features(["fish"], "{}"), plain)  # the context is what the encoder reads
+
+
+@pytest.mark.parametrize("method", ["coop", "dpt"])
+def test_coop_and_dpt_train_on_a_bpe_tokenizer(clip_folder, method):
+    from prompts import Stack, build_module
+
+    host = build_host(clip_folder)
+    stack = Stack(host)
+    module = stack.push(build_module(method, task="t"))
+    module.prepare(type("Task", (), {"phrases": PHRASES})())
+    params = stack.train_only(module)
+    loss, _ = host.loss(_batch(host))
+    module.objective(loss, progress=0.0).backward()
+    context = module.context if method == "coop" else module.text_prompts.context
+    assert torch.isfinite(loss) and context.grad is not None and context.grad.abs().sum() > 0
+    assert all(p.grad is None for p in host.parameters()) and params

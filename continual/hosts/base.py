@@ -164,8 +164,11 @@ class Host(nn.Module):
                              persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1),
                              persistent=False)
-        # Modules that put learned context before every phrase (prompts/coop.py).
+        # Modules that put learned context before every phrase (prompts/coop.py), and, for a tokenizer without
+        # placeholder tokens, where the last text built put it: (sentences, tokens), the k-th context vector's
+        # index at its slots and -1 elsewhere (None: the placeholder tokens' ids mark the slots).
         self.text_context: list = []
+        self.context_index: torch.Tensor | None = None
         # Modules that read each batch before the forward (prompts/dpt.py ranks the classes per image).
         self.batch_readers: list = []
         # The host's own tensors, so that modules attached later never enter the fingerprint.
@@ -217,10 +220,18 @@ class Host(nn.Module):
         if kind not in self.site_kinds:
             raise HostError(f"unknown site kind {kind!r} on a {self.kind} host; known: {', '.join(self.site_kinds)}")
 
-    def context_token_ids(self, count: int) -> list[int]:
-        """Token ids of the placeholder slots that learned text context fills (CoOp): BERT's [unusedN]."""
+    def context_slot_ids(self, count: int) -> list[int] | None:
+        """Token ids of the placeholder slots that learned text context fills (CoOp): BERT's [unusedN]; None
+        for a tokenizer without them (CLIP's BPE), whose host marks the slots' positions instead."""
         ids = self.tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
-        if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+        if None in ids or (self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids):
+            return None
+        return ids
+
+    def context_token_ids(self, count: int) -> list[int]:
+        """The placeholder slots' token ids, for hosts whose prompts need them (refused without them)."""
+        ids = self.context_slot_ids(count)
+        if ids is None:
             raise DataError(f"the {self.kind} host's tokenizer has no [unusedN] tokens for {count} context vectors")
         return ids
 

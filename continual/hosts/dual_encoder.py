@@ -180,17 +180,28 @@ class DualEncoderHost(Host):
     # -- text -------------------------------------------------------------------
     def text_tokens(self, phrases, template: str) -> dict[str, torch.Tensor]:
         """Token ids of the class sentences: the template around each phrase, or, while CoOp is on,
-        [CLS] + its context slots + the phrase and a full stop + [SEP] (ids built directly: a
-        tokenizer would split the slots' [unusedN] names)."""
+        start + its context slots + the phrase and a full stop + end (ids built directly: a tokenizer
+        would split the slots' [unusedN] names). A tokenizer without [unusedN] tokens (CLIP's BPE) gets a
+        plain word at the slots and ``context_index`` marks where they are; CLIP's end-token pooling
+        then reads the end token after the phrase, as without context."""
         context = self.context_tokens()
+        self.context_index = None
         if not context:
             return dict(self.tokenizer([template.format(p) for p in phrases], padding=True, return_tensors="pt"))
-        slots, tok = self.context_token_ids(context), self.tokenizer
-        rows = [[tok.cls_token_id, *slots, *tok(f"{p}.", add_special_tokens=False)["input_ids"], tok.sep_token_id]
-                for p in phrases]
+        tok = self.tokenizer
+        slots = self.context_slot_ids(context)
+        by_position = slots is None
+        if by_position:
+            slots = tok("x", add_special_tokens=False)["input_ids"][:1] * context
+        start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        rows = [[start, *slots, *tok(f"{p}.", add_special_tokens=False)["input_ids"], end] for p in phrases]
         width = max(map(len, rows))
         ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        if by_position:
+            self.context_index = torch.full_like(ids, -1)
+            self.context_index[:, 1:1 + context] = torch.arange(context)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
     def check_phrases(self, phrases, template="{}") -> None:
