@@ -81,6 +81,7 @@ DUAL_ENCODER_ROWS = [
 VILT_ROWS = [
     ("apt", "m=200", {"prompts": 200}),
     ("deep_prompt", "m'=200", {"tokens": 200}),
+    ("deep_prompt", "m'=200 keys-values", {"tokens": 200, "keys_values_only": True}),
     ("adapter", "", {}),
     ("lora", "", {}),
     ("bitfit", "", {}),

@@ -12,6 +12,7 @@ Two shapes of site:
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import torch
@@ -78,34 +79,72 @@ class FusionKeys(NamedTuple):
     text: torch.Tensor | None = None
 
 
-class FusionKeysHandle:
-    """Removes one source of extra keys from a fusion attention; the last removal restores its forward."""
+class KeySourceHandle:
+    """Removes one source of extra keys from an attention; the last removal restores its forward."""
 
     def __init__(self, attn: nn.Module, source):
         self.site, self._source = attn, source
 
     def remove(self) -> None:
-        sources = self.site.__dict__.get("_fusion_key_sources", [])
+        sources = self.site.__dict__.get("_key_sources", [])
         if self._source in sources:
             sources.remove(self._source)
         if not sources and "forward" in self.site.__dict__:
             del self.site.forward  # back to the class's own forward: the plain host, bit for bit
 
 
-def add_fusion_keys(attn: nn.Module, keys_for) -> FusionKeysHandle:
+def _add_key_source(attn: nn.Module, source, forward) -> KeySourceHandle:
+    """Register ``source`` on ``attn`` and route its calls through ``forward(attn, ...)`` while any is there."""
+    sources = attn.__dict__.setdefault("_key_sources", [])
+    sources.append(source)
+    if "forward" not in attn.__dict__:
+        attn.forward = functools.partial(forward, attn)
+    return KeySourceHandle(attn, source)
+
+
+def add_fusion_keys(attn: nn.Module, keys_for) -> KeySourceHandle:
     """Make a Grounding DINO fusion attention read extra keys: at each call ``keys_for(vision, text)`` gets
     the attention's inputs (after the layer norms) and returns FusionKeys, or None while inactive. While no
     source gives any, the attention's own forward runs; otherwise :func:`fusion_attention`."""
-    sources = attn.__dict__.setdefault("_fusion_key_sources", [])
-    sources.append(keys_for)
-    if "forward" not in attn.__dict__:
-        attn.forward = functools.partial(_forward_with_keys, attn)
-    return FusionKeysHandle(attn, keys_for)
+    return _add_key_source(attn, keys_for, _forward_with_keys)
+
+
+def add_attention_keys(attn: nn.Module, keys_for) -> KeySourceHandle:
+    """Make a BERT-style self-attention (``query``, ``key``, ``value``: ViLT's) read extra keys and values:
+    ``keys_for(hidden_states)`` returns (p, C) or (B, p, C) tokens in the attention's input space, or None
+    while inactive; they are never queries. While no source gives any, the attention's own forward runs."""
+    return _add_key_source(attn, keys_for, _self_attention_forward)
+
+
+def _self_attention_forward(attn, hidden_states, attention_mask=None, output_attentions=False, *args, **kwargs):
+    found = [keys for source in attn._key_sources if (keys := source(hidden_states)) is not None]
+    if not found:
+        return type(attn).forward(attn, hidden_states, attention_mask, output_attentions, *args, **kwargs)
+    return self_attention(attn, hidden_states, attention_mask, _joined(found, hidden_states), output_attentions)
+
+
+def self_attention(attn, hidden, mask, extra, output_attentions=False):
+    """A BERT-style self-attention's forward step for step, with ``extra`` (1 or B, p, C) tokens read as
+    keys and values only (the deep prompt as the APT paper counts it). ``mask``: additive (B, 1, 1 or N, N)
+    or None; the extra tokens are visible to every query."""
+    batch, heads, width = hidden.shape[0], attn.num_attention_heads, attn.attention_head_size
+
+    def split_heads(x):  # (B or 1, N, C) -> (B, heads, N, width)
+        return x.unflatten(-1, (heads, width)).transpose(1, 2).expand(batch, -1, -1, -1)
+
+    query = split_heads(attn.query(hidden))
+    key = torch.cat([split_heads(attn.key(hidden)), split_heads(attn.key(extra))], 2)
+    value = torch.cat([split_heads(attn.value(hidden)), split_heads(attn.value(extra))], 2)
+    scores = query @ key.transpose(-1, -2) / math.sqrt(width)
+    if mask is not None:
+        scores = scores + F.pad(mask, (0, extra.shape[1]))  # additive: 0 = visible
+    probs = attn.dropout(scores.softmax(-1))
+    out = (probs @ value).transpose(1, 2).flatten(2)
+    return (out, probs[..., :hidden.shape[1]]) if output_attentions else (out,)
 
 
 def _forward_with_keys(attn, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
-    found = [keys for source in attn._fusion_key_sources
-             if (keys := source(vision_features, text_features)) is not None]
+    found = [keys for source in attn._key_sources if (keys := source(vision_features, text_features)) is not None]
     vision_keys = _joined([keys.vision for keys in found if keys.vision is not None], vision_features)
     text_keys = _joined([keys.text for keys in found if keys.text is not None], text_features)
     if vision_keys is None and text_keys is None:

@@ -178,3 +178,35 @@ def test_apt_stacks_on_an_sdpt_module_of_grounding_dino(tiny_host):
         stack.clear()
         for p, flag in zip(tiny_host.parameters(), flags):  # the shared host as later tests expect it
             p.requires_grad_(flag)
+
+
+def test_the_keys_values_deep_prompt_gives_the_sequence_prompts_outputs_at_lower_cost(tiny_vilt_host):
+    """The APT paper's deep prompt (prompts as each attention's keys and values only) and ours (prompts in
+    the sequence, dropped after each layer) give the real tokens the same outputs, padding masked in both;
+    the keys-values form never grows the attention's queries, so it costs fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    host = tiny_vilt_host
+    sequence = build_module("deep_prompt", {"tokens": 8})
+    keys_values = build_module("deep_prompt", {"tokens": 8, "keys_values_only": True})
+    flops = {}
+    outputs = {}
+    for name, module in (("sequence", sequence), ("keys_values", keys_values)):
+        module.attach(host)
+        if name == "keys_values":
+            module.load_state_dict(sequence.state_dict())  # the same prompts
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                outputs[name] = host.logits(_batch(host))
+            flops[name] = counter.get_total_flops()
+            with torch.no_grad():
+                alone = host.logits(_batch(host, questions=QUESTIONS[:1]))[0]
+            assert torch.allclose(outputs[name][0], alone, atol=1e-5), name  # padding stays masked
+        finally:
+            module.detach()
+    with torch.no_grad():
+        plain = host.logits(_batch(host))
+    assert not torch.allclose(outputs["sequence"], plain, atol=1e-4)  # the prompts act
+    assert torch.allclose(outputs["keys_values"], outputs["sequence"], atol=1e-5)
+    assert flops["keys_values"] < flops["sequence"]
+    assert all("forward" not in site.attention.attention.__dict__ for site in host.attention_sites().values())
