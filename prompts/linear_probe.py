@@ -22,6 +22,16 @@ class LinearProbeConfig:
     pass
 
 
+def _plain_copy(head: nn.Module) -> nn.Module:
+    """A trainable copy of a head without its hooks: deepcopy copies them too, and an earlier probe's hook
+    on the head would then replace this copy's output with its own (frozen) copy's."""
+    head = copy.deepcopy(head).requires_grad_(True)
+    for module in head.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return head
+
+
 def _tie_key(module: nn.Module) -> int:
     return id(next(module.parameters()))
 
@@ -41,7 +51,7 @@ class LinearProbe(PeftModule):
         for module in heads.values():
             first_of_group.setdefault(_tie_key(module), module)
         keys = list(first_of_group)
-        self.copies = nn.ModuleList(copy.deepcopy(m).requires_grad_(True) for m in first_of_group.values())
+        self.copies = nn.ModuleList(_plain_copy(m) for m in first_of_group.values())
         self.site_copy = {name: keys.index(_tie_key(m)) for name, m in heads.items()}
 
     def install(self, host):

@@ -134,3 +134,25 @@ def test_unknown_method_and_config_key_and_bad_values():
         build_module("sdpt", {"text_prompt_mask": "half"})
     with pytest.raises(MethodError, match="adapter: bottleneck must be a number >= 1, got 0"):
         build_module("adapter", {"bottleneck": 0})
+
+
+@pytest.mark.parametrize("host_kind", sorted(HOST_FIXTURES))
+def test_a_second_linear_probe_trains_its_own_copy(request, host_kind):
+    """A probe built while another probe's hook sits on the head copies the head without that hook, so its
+    copies get the gradients a probe alone gets (not none: the earlier probe's frozen copy answering)."""
+    host = request.getfixturevalue(HOST_FIXTURES[host_kind])
+
+    def trained_names(probes: int) -> set[str]:
+        stack = Stack(host)
+        try:
+            modules = [stack.push(build_module("linear_probe", task=f"t{i}")) for i in range(probes)]
+            stack.train_only(modules[-1])
+            host.zero_grad(set_to_none=True)
+            loss, _ = host.loss(_batch(host, train=True))
+            loss.backward()
+            return {n for n, p in modules[-1].named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        finally:
+            stack.clear()
+
+    alone = trained_names(1)
+    assert alone and trained_names(2) == alone
