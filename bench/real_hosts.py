@@ -150,7 +150,7 @@ def clip_folder(folder: Path, full_size: bool) -> Path:
     config = CLIPConfig(text_config={"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1})
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    size = 224 if full_size else 224  # ViT-B/32's position embeddings fix the size
+    size = config.vision_config.image_size  # ViT-B/32's position embeddings fix it: 224 with or without --full-size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
     return folder
 

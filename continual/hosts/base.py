@@ -165,8 +165,8 @@ class Host(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(self.image_processor.image_std).view(1, 3, 1, 1),
                              persistent=False)
         # Modules that put learned context before every phrase (prompts/coop.py), and, for a tokenizer without
-        # placeholder tokens, where the last text built put it: (sentences, tokens), the k-th context vector's
-        # index at its slots and -1 elsewhere (None: the placeholder tokens' ids mark the slots).
+        # placeholder tokens, where the last text built put it: (sentences, tokens) holding the k-th context
+        # vector's index at its slots and -1 elsewhere (None: the placeholder tokens' ids mark the slots).
         self.text_context: list = []
         self.context_index: torch.Tensor | None = None
         # Modules that read each batch before the forward (prompts/dpt.py ranks the classes per image).
