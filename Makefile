@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the local CPU wheel; the constraint keeps it there.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,avalanche]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,avalanche,ray]'
 	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
 	touch $(STAMP)
 

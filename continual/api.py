@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from continual.config import ConfigError, DataConfig, RunConfig, TaskConfig, load_config, validate
-from continual.engine import open_task
+from continual.streams import open_task
 from continual.engine import run as run_engine
 from continual.results import Results
 from tasks.task import default_name

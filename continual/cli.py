@@ -173,7 +173,8 @@ def cmd_run(args) -> int:
     from continual.config import load_config
     from continual.engine import run
 
-    cfg = load_config(args.config, args.overrides)
+    flags = {"executor": args.executor, "ray_address": args.address}
+    cfg = load_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)])
     with distributed.process_group(cfg.device):  # under torchrun: one rank of several
         main_rank = distributed.is_main()
         if not main_rank:  # rank 0 speaks for the job
@@ -326,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in the run folder, or start it if there is none; finished steps must match "
                          "the config, unfinished and appended steps (and settings) may change")
     ru.add_argument("--overwrite", action="store_true", help="delete the run folder's contents and start over")
+    ru.add_argument("--executor", choices=["local", "ray"], default=None,
+                    help="where the steps compute: this process, or Ray tasks (the config's `executor`, else local)")
+    ru.add_argument("--address", default=None, metavar="HOST:PORT",
+                    help="executor ray: the Ray cluster to join (the config's `ray_address`, else RAY_ADDRESS, else a "
+                         "local Ray started for the run)")
     ru.set_defaults(func=cmd_run)
 
     fs = sub.add_parser("fewshot", help="the few-shot protocol: methods x shots x seeds x tasks, one table",

@@ -37,6 +37,7 @@ from continual.errors import ContinualError
 NO_MODULE = "none"  # a stream step that trains nothing: the zero-shot setting
 PRECISIONS = ("auto", "fp32", "bf16")  # of the forward (continual.loop.autocast)
 EVALUATE = ("stream", "seen")
+EXECUTORS = ("local", "ray")  # where a run's steps compute (continual.ray_executor)
 
 
 class ConfigError(ContinualError, ValueError):
@@ -54,11 +55,21 @@ class TaskConfig:
 
 
 @dataclass
+class Resources:
+    """What each Ray task of a run asks for (``executor: ray``); unset: 1 CPU, and 1 GPU where the run's
+    device is CUDA."""
+
+    num_cpus: Optional[float] = None
+    num_gpus: Optional[float] = None
+
+
+@dataclass
 class StepConfig:
     task: str = "???"  # a name in `tasks`
     method: str = "sdpt"  # or "none": evaluate the task without training a module
     config: dict[str, Any] = field(default_factory=dict)  # the method's config
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the run's `train`
+    resources: Resources = field(default_factory=Resources)  # executor ray: overrides of the run's `resources`
 
 
 class Stream(NamedTuple):
@@ -90,6 +101,11 @@ class RunConfig:
     # Data loading processes for training and evaluation. Not under `train`: a step's train settings are its
     # identity, and the number of workers changes no result.
     num_workers: int = 0
+    # Where the steps compute: local (this process) | ray (each step and evaluation a Ray task; the same
+    # results). Not part of any identity: a run may resume under the other executor.
+    executor: str = "local"
+    ray_address: Optional[str] = None  # an existing Ray cluster (else RAY_ADDRESS, else a local Ray for the run)
+    resources: Resources = field(default_factory=Resources)  # what each Ray task asks for
     seeds: list[int] = field(default_factory=list)  # run the whole config once per seed (train seed), summarised
     policy: str = "all"  # composition at evaluation: all | own | route
     policies: list[str] = field(default_factory=list)  # each stream (setting) once per policy (replaces policy)
@@ -315,6 +331,8 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: evaluate must be one of {EVALUATE}, got {cfg.evaluate!r}")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"{where}: device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"{where}: executor must be one of {EXECUTORS}, got {cfg.executor!r}")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"{where}: precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     check_positive(where, {"data.train_images": cfg.data.train_images, "data.val_images": cfg.data.val_images,
@@ -323,6 +341,8 @@ def validate(cfg: RunConfig, where: str) -> None:
                       "num_workers": cfg.num_workers},
               allow_zero=("checkpoint_every", "feature_cache_mb", "num_workers"))
     check_train(where, "train.", cfg.train)
+    check_positive(where, {"resources.num_cpus": cfg.resources.num_cpus, "resources.num_gpus": cfg.resources.num_gpus},
+                   allow_zero=("resources.num_cpus", "resources.num_gpus"))
     try:
         host = host_class(cfg.host)
     except HostError as err:
@@ -377,6 +397,8 @@ def validate(cfg: RunConfig, where: str) -> None:
                     check_sites(module, host.kind, host.site_kinds)
                 except MethodError as err:
                     raise ConfigError(f"{where}: {at}.method: {err} (host {cfg.host})") from err
+            check_positive(where, {f"{at}.resources.{k}": v for k, v in dataclasses.asdict(step.resources).items()},
+                           allow_zero=tuple(f"{at}.resources.{k}" for k in ("num_cpus", "num_gpus")))
             check_train(where, f"{at}.train.", step_train_config(cfg, step, where),
                         warn=bool({"steps", "warmup"} & set(step.train)))  # (else the run's `train` said it)
         for name in cfg.held_out:

@@ -10,7 +10,10 @@ complete but not yet renamed into place). With ``CONTINUAL_CRASH_MODE=raise``
 the N-th occurrence raises ``SimulatedCrash`` instead, so a test can crash and
 resume a run inside its own process (``reset()`` starts the count again).
 Under torchrun, ``CONTINUAL_CRASH_RANK=R`` limits the crash to rank R (the
-launcher's ``RANK``), as when one node of a job dies.
+launcher's ``RANK``), as when one node of a job dies. ``CONTINUAL_CRASH_ONCE=PATH``
+crashes only while PATH does not exist and creates it first, so the process
+that takes the work over (a Ray task's retry, in a fresh worker whose count
+starts again) runs through.
 Unset, it costs one dict lookup.
 """
 from __future__ import annotations
@@ -40,6 +43,12 @@ def crash_point(event: str) -> None:
         return
     _seen[event] += 1
     if _seen[event] == int(count):
+        once = os.environ.get("CONTINUAL_CRASH_ONCE")
+        if once:
+            try:
+                open(once, "x").close()
+            except FileExistsError:
+                return
         if os.environ.get("CONTINUAL_CRASH_MODE") == "raise":
             raise SimulatedCrash(spec)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -122,7 +122,7 @@ def _cell_key(cell: dict) -> tuple:
 
 def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Every (task, shots, seed, method) cell not yet in the run folder; then the table and the plot."""
-    from continual.engine import open_task, resolve_device
+    from continual.streams import open_task, resolve_device
     from continual.hosts.base import build_host
     from prompts import Stack
 

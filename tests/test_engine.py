@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual import engine, loop
+from continual import engine, loop, streams
 from continual.config import load_config
-from continual.errors import IntegrityError
+from continual.errors import IntegrityError, RunError
 from continual.loading import StepSampler
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -98,7 +98,7 @@ def test_one_training_evaluated_under_each_policy(tmp_path, monkeypatch):
         evaluated.append(task.name)
         return evaluate(stack, task, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", counting)
+    monkeypatch.setattr(streams, "evaluate", counting)
     run_dir = engine.run(load_config(SMOKE, [f"run_dir={tmp_path / 'study'}", "policies=[all,own,route]"]),
                          progress=False)
     results = {p: json.loads((run_dir / f"smoke@policy={p}" / "results.json").read_text())
@@ -130,7 +130,7 @@ def test_hash_check_fires_when_a_frozen_parameter_moves(tmp_path, monkeypatch):
             next(host.model.parameters()).add_(1e-3)
         return out
 
-    open_workspace = engine.Workspace.open
+    open_workspace = streams.Workspace.open
 
     def keep_host(*args, **kwargs):
         nonlocal host
@@ -139,7 +139,7 @@ def test_hash_check_fires_when_a_frozen_parameter_moves(tmp_path, monkeypatch):
         return ws
 
     host = None
-    monkeypatch.setattr(engine.Workspace, "open", keep_host)
+    monkeypatch.setattr(streams.Workspace, "open", keep_host)
     monkeypatch.setattr(torch.optim.AdamW, "step", step_and_tamper)
     cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(IntegrityError, match="host"):
@@ -170,7 +170,7 @@ settings:
     written = {p: p.read_bytes() for p in run_dir.glob("a+*/results.json")}
     study.write_text(study.read_text()
                      + "  a+adapter: [{task: base, method: adapter}, {task: aquarium, method: adapter}]\n")
-    with pytest.raises(engine.RunError, match=r"settings.a\+sdpt.1 \(aquarium, sdpt\) has finished, and "
+    with pytest.raises(RunError, match=r"settings.a\+sdpt.1 \(aquarium, sdpt\) has finished, and "
                                               r"settings.a\+sdpt.1.config.k changed"):
         engine.run(load_config(study, [f"run_dir={run_dir}", "settings.a+sdpt.1.config.k=2"]), resume=True)
     engine.run(load_config(study, [f"run_dir={run_dir}"]), resume=True, progress=False)
@@ -198,21 +198,21 @@ def test_lr_sweep_trains_the_last_module_at_each_rate_and_plots_the_frontier(tmp
 def test_a_run_folder_whose_finished_steps_changed_is_refused_naming_the_step_and_key(smoke):
     run_dir = smoke[0]
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"}
-    with pytest.raises(engine.RunError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a run"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}"]), progress=False)
-    with pytest.raises(engine.RunError, match=r"stream.0 \(base, adapter\) has finished, and stream.0.train.steps "
+    with pytest.raises(RunError, match=r"stream.0 \(base, adapter\) has finished, and stream.0.train.steps "
                                               r"changed since: 4 then, 3 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "train.steps=3"]), resume=True)
-    with pytest.raises(engine.RunError, match="stream.1 .* and stream.1.config.k changed since: 10 then, 3 now"):
+    with pytest.raises(RunError, match="stream.1 .* and stream.1.config.k changed since: 10 then, 3 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "stream.1.config.k=3"]), resume=True)
-    with pytest.raises(engine.RunError,
+    with pytest.raises(RunError,
                        match="tasks.aquarium.phrases.fish changed since: None then, 'goldfish' now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "tasks.aquarium.phrases={fish: goldfish}"]), resume=True)
-    with pytest.raises(engine.RunError, match="data.val_images changed since: 8 then, 4 now"):
+    with pytest.raises(RunError, match="data.val_images changed since: 8 then, 4 now"):
         engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "data.val_images=4"]), resume=True)
     shorter = run_dir.parent / "shorter.yaml"
     shorter.write_text(SMOKE.read_text().replace("  - {task: aquarium, method: sdpt}\n", ""))
-    with pytest.raises(engine.RunError, match=r"stream.1 \(aquarium, sdpt\) has finished, but the config's stream "
+    with pytest.raises(RunError, match=r"stream.1 \(aquarium, sdpt\) has finished, but the config's stream "
                                               r"has 1 step\(s\); a finished step cannot be taken out"):
         engine.run(load_config(shorter, [f"run_dir={run_dir}"]), resume=True)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "run.log"} == before
@@ -233,9 +233,9 @@ def test_ranks_share_every_global_batch_between_them():
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(streams.distributed, "world_size", lambda: 2)
     cfg = load_config(SMOKE, [f"run_dir={tmp_path / 'run'}", "train.batch_size=3"])
-    with pytest.raises(engine.RunError, match="batch_size 3 does not split evenly over 2 processes"):
+    with pytest.raises(RunError, match="batch_size 3 does not split evenly over 2 processes"):
         engine.run(cfg, progress=False)
 
 

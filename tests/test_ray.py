@@ -1,0 +1,98 @@
+"""executor: ray on a local Ray of 2 workers, started once for this file: the same bytes as the local
+executor, a worker killed mid-step, the driver killed mid-study."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from continual import engine
+from continual.cli import main
+from continual.config import load_config
+
+ray = pytest.importorskip("ray")
+
+CONTINUAL = str(Path(sys.executable).parent / "continual")
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+STUDY = ["policies=[all,own]", "seeds=[0,1]"]  # 2 seeds x 2 settings sharing their trainings and evaluations
+COMPARED = ("results.json", "compat.json", "summary.json", "report.md")  # timing.json, state.json: timings
+
+
+@pytest.fixture(autouse=True)
+def cached_worlds(monkeypatch, world_cache):
+    monkeypatch.setenv("CONTINUAL_CACHE", str(world_cache))  # the workers get the CONTINUAL_* variables too
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 one-CPU workers; each run of this file joins it (a start costs seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory, world_cache):
+    """The smoke study over 2 seeds under the local executor."""
+    os.environ["CONTINUAL_CACHE"] = str(world_cache)
+    run_dir = tmp_path_factory.mktemp("local") / "study"
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", *STUDY]), progress=False)
+    return run_dir
+
+
+def outputs(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.name in COMPARED}
+
+
+def test_smoke_study_over_seeds_under_ray_writes_the_local_bytes(local_ray, local_study, tmp_path):
+    run_dir = tmp_path / "study"
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "executor=ray", *STUDY]), progress=False)
+    expected = outputs(local_study)
+    assert len([name for name in expected if name.endswith("results.json")]) == 4
+    assert outputs(run_dir) == expected
+    own = json.loads((run_dir / "seed-1" / "smoke@policy=own" / "results.json").read_text())
+    assert [m["reused_from"] for m in own["modules"]] == ["smoke@policy=all"] * 2  # trained once, in `all`
+
+
+def test_cli_run_with_executor_ray_writes_the_local_results(local_ray, tmp_path, capsys):
+    """The contract: `continual run configs/smoke.yaml run_dir=DIR executor=ray` writes the local results."""
+    assert main(["run", str(SMOKE), f"run_dir={tmp_path / 'local'}"]) == 0
+    assert main(["run", str(SMOKE), f"run_dir={tmp_path / 'ray'}", "executor=ray"]) == 0
+    assert capsys.readouterr().out.count("# Run `smoke`") == 2
+    assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
+
+
+def test_a_worker_killed_mid_step_is_retried_from_its_checkpoint(local_ray, local_study, tmp_path, monkeypatch,
+                                                                  caplog):
+    caplog.set_level(logging.INFO, logger="continual")  # the workers log at the driver's level, as the CLI's
+    # the first worker to reach its 3rd optimizer step dies (SIGKILL); Ray runs the task again in a fresh
+    # worker, which goes on from the step's checkpoint (smoke.yaml: one every 2 steps)
+    monkeypatch.setenv("CONTINUAL_CRASH_AT", "train-step:3")
+    monkeypatch.setenv("CONTINUAL_CRASH_ONCE", str(tmp_path / "crashed"))
+    run_dir = tmp_path / "run"
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "executor=ray", "seeds=[0]"]), progress=False)
+    assert (tmp_path / "crashed").exists()
+    assert "resuming at step 2" in (run_dir / "seed-0" / "run.log").read_text()
+    local = json.loads((local_study / "seed-0" / "smoke@policy=all" / "results.json").read_text())
+    assert {**json.loads((run_dir / "seed-0" / "results.json").read_text()), "name": local["name"]} == local
+
+
+def test_the_driver_killed_mid_study_resumes_to_the_same_bytes(local_ray, local_study, tmp_path):
+    run_dir = tmp_path / "study"  # seed 0 of the study alone: 2 settings, 2 trainings, 6 writes of state.json
+    command = [CONTINUAL, "run", str(SMOKE), f"run_dir={run_dir}", STUDY[0], "seeds=[0]", "--executor", "ray",
+               "--address", local_ray]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUAL_CRASH")}
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**env, "CONTINUAL_CRASH_AT": "write:state.json:4"})  # after 2 zero-shot rows at most
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run_dir / "summary.json").exists()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after 1 finished step(s)" in resumed.stderr
+    assert "1 training(s) to run" in resumed.stderr  # the other was written before the kill
+    expected = {name: data for name, data in outputs(local_study).items() if name.startswith("seed-0/")}
+    assert {name: data for name, data in outputs(run_dir).items() if name.startswith("seed-0/")} == expected
