@@ -56,11 +56,10 @@ class TaskConfig:
 
 @dataclass
 class Resources:
-    """What each Ray task of a run asks for (``executor: ray``); unset: 1 CPU, and 1 GPU where the run's
-    device is CUDA."""
+    """What each Ray task of a run asks for (``executor: ray``)."""
 
-    num_cpus: Optional[float] = None
-    num_gpus: Optional[float] = None
+    num_cpus: Optional[float] = None  # CPUs a task holds (None: 1 on CUDA; on CPU, the torch threads it computes with)
+    num_gpus: Optional[float] = None  # GPUs, or a share of one (None: 1 where the device is CUDA, else 0)
 
 
 @dataclass

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from continual import distributed
-from continual.config import NO_MODULE, RunConfig, import_modules
+from continual.config import NO_MODULE, RunConfig, import_modules, warn_once
 from continual.errors import ContinualError, RunError
 from continual.loop import default_progress
 from continual.run_folder import RunFolder
@@ -72,10 +72,7 @@ def connected(address: str | None):
         yield ray
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except ConnectionError as err:
-        raise RunError(f"executor ray: cannot reach the Ray cluster at {address!r} ({err})") from err
+    ray.init(address=address, logging_level=logging.WARNING)  # (an unreachable address: Ray retries, saying so)
     try:
         yield ray
     finally:
@@ -191,10 +188,8 @@ class Training:
     """A node of the graph: one distinct training, trained in its owner's folder."""
 
     owner: StreamRun
-    index: int
-    ref: Any = None  # the Ray task's result while it runs
+    ref: Any  # the Ray task's result
     waits_on: list = field(default_factory=list)  # the trainings it stacks on that were running at submission
-
 
 
 @dataclass
@@ -207,11 +202,10 @@ class Submitted:
 
 @dataclass
 class Rows:
-    """The driver's view of one stream: its stack (to key its evaluations), the rows whose evaluations are
-    submitted, and the rows written to state.json."""
+    """The driver's view of one stream: its zero-shot row and the rows whose evaluations are asked, until
+    they are written to state.json."""
 
     stream: StreamRun
-    stack: Stack
     zero_shot: dict[int, str] = field(default_factory=dict)  # task index -> evaluation key, until written
     submitted: list[Submitted] = field(default_factory=list)  # rows asked, not yet written
     started: float = field(default_factory=time.time)
@@ -224,7 +218,7 @@ class Rows:
         return len(self.stream.state.records) + len(self.submitted)
 
     def folders(self) -> list[str]:
-        """The modules on the stack above the starting ones: the written rows', then the asked rows'."""
+        """The modules above the starting ones after the last asked row: the written rows', the asked rows'."""
         records = [*self.stream.state.records, *(row.record for row in self.submitted)]
         return [str((self.stream.folder / r.module).resolve()) for r in records if r.module]
 
@@ -238,6 +232,8 @@ class Grid:
         self.trained, self.evaluated = ws.trained, ws.evaluated  # shared by every stream of the run, as locally
         self.setup = Setup.of_driver(ws.cfg)
         self.cuda = resolve_device(ws.cfg.device).type == "cuda"
+        self.largest = {kind: max((node["Resources"].get(kind, 0) for node in ray.nodes() if node["Alive"]), default=0)
+                        for kind in ("CPU", "GPU")}  # what the largest node offers
         self.trainings: dict[str, Training] = {}
         # training key -> the first stream that has the step: the one the local executor trains it in, and
         # the one the others name as reused_from, whichever stream finished it first before a resume
@@ -259,9 +255,18 @@ class Grid:
             default_progress() if progress is None else progress))
 
     def options(self, resources) -> dict:
+        """Ray's options for a task with ``resources``. Unset, on CPU a task holds as many CPUs as it computes
+        with (the driver's thread count: more tasks than cores would make their threads fight for them); on
+        CUDA, one GPU and one CPU."""
         cpus, gpus = resources.num_cpus, resources.num_gpus
-        return {"num_cpus": 1 if cpus is None else cpus, "num_gpus": (1 if self.cuda else 0) if gpus is None else gpus,
-                **self.env}
+        asked = {"CPU": (1 if self.cuda else self.setup.threads) if cpus is None else cpus,
+                 "GPU": (1 if self.cuda else 0) if gpus is None else gpus}
+        for name, amount in asked.items():
+            if amount > self.largest.get(name, 0):  # (a warning: an autoscaling cluster may add such a node)
+                warn_once(f"executor ray: a task asks for {amount:g} {name}(s), but no node of the Ray cluster has "
+                          f"that many ({self.largest.get(name, 0):g} at most): it waits until one joins (set "
+                          f"resources.num_{name.lower()}s{', or OMP_NUM_THREADS for the threads' if name == 'CPU' else ''})")
+        return {"num_cpus": asked["CPU"], "num_gpus": asked["GPU"], **self.env}
 
     def step_options(self, stream: StreamRun, index: int) -> dict:
         """The run's resources with the step's own on top."""
@@ -294,18 +299,15 @@ class Grid:
         finally:
             self.bar.close()
             self.closing.close()
-            for rows in self.rows:
-                rows.stack.clear()
 
     def open(self, stream: StreamRun) -> Rows:
-        """The stream's driver-side stack with its finished steps' modules put back; its zero-shot row asked."""
+        """The stream's finished steps there for others to reuse; its zero-shot row asked."""
         stream.folder.path.mkdir(parents=True, exist_ok=True)
-        rows = Rows(stream, stream.new_stack())
+        rows = Rows(stream)
         with stream.folder.logging():
-            stream.push_start(rows.stack)
             rows.zero_shot = self.ask(rows, stream.zero_shot_missing(), row=None, folders=[])
-            for record in stream.state.records:
-                stream.restore(record, rows.stack)
+        for record in stream.state.records:
+            stream.remember(record)
         return rows
 
     def submit_trainings(self, stream: StreamRun) -> None:
@@ -319,7 +321,7 @@ class Grid:
             if key not in self.trainings and key not in self.trained:
                 ref = self.train_remote.options(**self.step_options(stream, index)).remote(
                     self.setup, self.job(stream), index, *below)
-                self.trainings[key] = Training(stream, index, ref, [b for b in below if not isinstance(b, dict)])
+                self.trainings[key] = Training(stream, ref, [b for b in below if not isinstance(b, dict)])
                 self.pending[ref] = ("train", key, None)
             below.append(self.module_input(key))
 
@@ -330,10 +332,15 @@ class Grid:
         return {"folder": str((done.folder / done.record.module).resolve())} if done else self.trainings[key].ref
 
     def ask(self, rows: Rows, indices: list[int], row: int | None, folders: list[str]) -> dict[int, str]:
-        """The evaluation keys of tasks ``indices`` on the stream's stack (``folders``: its modules above the
-        starting ones); a task for each key that is neither evaluated nor being evaluated."""
+        """The evaluation keys of tasks ``indices`` with the modules in ``folders`` on top of the starting ones;
+        a task for each key that is neither evaluated nor being evaluated."""
         stream = rows.stream
-        keys = stream.evaluation_keys(rows.stack, indices)
+        stack = stream.new_stack()  # for this alone: modules of two stacks on the host would mix their outputs
+        try:
+            stack_up(stream, stack, folders)
+            keys = stream.evaluation_keys(stack, indices)
+        finally:
+            stack.clear()
         for j, key in keys.items():
             if key in self.evaluated or key in self.evaluating:
                 continue
@@ -382,10 +389,10 @@ class Grid:
         if rows.finished:
             return
         while rows.next_row < len(stream.steps):
-            record = self.trained_row(rows, rows.next_row)
+            record = self.trained_row(stream, rows.next_row)
             if record is None:
                 break
-            rows.submitted.append(Submitted(record))  # (on the stack now: its folder goes with the tasks)
+            rows.submitted.append(Submitted(record))  # (before asking: its module goes with the tasks)
             rows.submitted[-1].keys = self.ask(rows, stream.evaluated_after(record.index), record.index,
                                                rows.folders())
         if rows.zero_shot and all(key in self.evaluated for key in rows.zero_shot.values()):
@@ -407,10 +414,9 @@ class Grid:
             self.results[stream.folder.path] = stream.finish(time.time() - rows.started, rows.model_seconds)
             rows.finished = True
 
-    def trained_row(self, rows: Rows, index: int) -> StepRecord | None:
-        """Step ``index``'s record with its module pushed on the driver's stack, once its training is done
-        (None before): the owner's record, another stream's reused (its module copied), or a `none` step's."""
-        stream = rows.stream
+    def trained_row(self, stream: StreamRun, index: int) -> StepRecord | None:
+        """Step ``index``'s record once its training is done (None before): the owner's record, another
+        stream's reused (its module copied), or a `none` step's."""
         step = stream.steps[index]
         if step.method == NO_MODULE:
             return StepRecord(index, step.task, step.method, dict(step.config), train_seconds=0.0)
@@ -425,7 +431,6 @@ class Grid:
             if done.folder.path != stream.folder.path:
                 stream.folder.copy_module(done.folder, done.record.module)
             record = dataclasses.replace(done.record, metrics={}, reused_from=None)
-        rows.stack.push(load_module(stream.folder / record.module, stream.ws.host))
         return record
 
     def metrics(self, stream: StreamRun, keys: dict[int, str]) -> dict[str, dict]:

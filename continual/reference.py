@@ -70,7 +70,7 @@ def dataclass_table(cls, prefix: str = "") -> str:
 
 def config_reference() -> str:
     """Every key of a run config, a few-shot config, and each method's ``config:``."""
-    from continual.config import DataConfig, RunConfig, StepConfig, TaskConfig
+    from continual.config import DataConfig, Resources, RunConfig, StepConfig, TaskConfig
     from continual.fewshot import FewshotConfig, MethodSpec
     from continual.training import TrainConfig
     from prompts import METHODS
@@ -79,6 +79,8 @@ def config_reference() -> str:
              "`data`:", dataclass_table(DataConfig, "data."),
              "`train` (and a step's `train:` overrides):", dataclass_table(TrainConfig, "train."),
              "Each entry of `tasks` (`tasks.NAME`):", dataclass_table(TaskConfig, "tasks.NAME."),
+             "`resources` (and a step's `resources:` overrides; `executor: ray`):",
+             dataclass_table(Resources, "resources."),
              "Each step of `stream` or of a setting in `settings`:", dataclass_table(StepConfig),
              "## Few-shot configs (`continual fewshot`)", dataclass_table(FewshotConfig),
              "Each entry of `methods`:", dataclass_table(MethodSpec, "methods.NAME."),

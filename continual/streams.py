@@ -295,8 +295,14 @@ class StreamRun:
         return record
 
     def restore(self, record: StepRecord, stack: Stack) -> None:
+        """A step finished before a resume: its module back on the stack, there for other streams to reuse."""
         if record.module:
             stack.push(load_module(self.folder / record.module, self.ws.host))
+        self.remember(record)
+
+    def remember(self, record: StepRecord) -> None:
+        """A finished step's training, for the streams after this one to reuse."""
+        if record.module:
             self.ws.trained.setdefault(self.training_key(record.index), Done(record, self.name, self.folder))
 
     def evaluated_after(self, index: int) -> list[int]:

@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 CONTINUAL = str(Path(sys.executable).parent / "continual")
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 STUDY = ["policies=[all,own]", "seeds=[0,1]"]  # 2 seeds x 2 settings sharing their trainings and evaluations
+TWO_AT_ONCE = "resources.num_cpus=1"  # 2 tasks side by side on the 2 CPUs, each computing with the driver's threads
 COMPARED = ("results.json", "compat.json", "summary.json", "report.md")  # timing.json, state.json: timings
 
 
@@ -50,7 +51,7 @@ def outputs(run_dir: Path) -> dict[str, bytes]:
 
 def test_smoke_study_over_seeds_under_ray_writes_the_local_bytes(local_ray, local_study, tmp_path):
     run_dir = tmp_path / "study"
-    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "executor=ray", *STUDY]), progress=False)
+    engine.run(load_config(SMOKE, [f"run_dir={run_dir}", "executor=ray", TWO_AT_ONCE, *STUDY]), progress=False)
     expected = outputs(local_study)
     assert len([name for name in expected if name.endswith("results.json")]) == 4
     assert outputs(run_dir) == expected
@@ -83,7 +84,7 @@ def test_a_worker_killed_mid_step_is_retried_from_its_checkpoint(local_ray, loca
 
 def test_the_driver_killed_mid_study_resumes_to_the_same_bytes(local_ray, local_study, tmp_path):
     run_dir = tmp_path / "study"  # seed 0 of the study alone: 2 settings, 2 trainings, 6 writes of state.json
-    command = [CONTINUAL, "run", str(SMOKE), f"run_dir={run_dir}", STUDY[0], "seeds=[0]", "--executor", "ray",
+    command = [CONTINUAL, "run", str(SMOKE), f"run_dir={run_dir}", STUDY[0], "seeds=[0]", TWO_AT_ONCE, "--executor", "ray",
                "--address", local_ray]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUAL_CRASH")}
     killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
