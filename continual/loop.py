@@ -201,7 +201,7 @@ def fit(host, task, config: TrainConfig, optimizer: torch.optim.Optimizer, *, ob
             check_finite("the loss", loss)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            check_finite("the gradients' norm", torch.nn.utils.clip_grad_norm_(params, config.clip))
+            clip_gradients(params, config.clip)
             update(optimizer)
             check_finite("the weights", params)
             record.losses.append(loss.item())  # .item() syncs, so the timing is honest on CUDA too
@@ -224,6 +224,22 @@ def check_finite(what: str, value: torch.Tensor | list[torch.Tensor]) -> None:
     if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one sync, however many tensors
         shown = f" ({value.item():g})" if torch.is_tensor(value) and value.numel() == 1 else ""
         raise NonFiniteError(f"{what} went non-finite{shown}")
+
+
+def clip_gradients(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Scale the gradients to a total 2-norm of at most ``clip``, as ``torch.nn.utils.clip_grad_norm_`` does
+    (the same bits); returns the norm. Finite gradients whose norm overflows float32 (elements near 1e19 and
+    above: a deep host with random weights gives them) are measured in float64, so clipping tames them as it
+    tames smaller ones; a non-finite gradient is a NonFiniteError."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not torch.isfinite(norm):
+        check_finite("the gradients", grads)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64)
+                                                     for g in grads])).to(norm.dtype)
+        check_finite("the gradients' norm", norm)
+    torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+    return norm
 
 
 def update(optimizer: torch.optim.Optimizer) -> None:

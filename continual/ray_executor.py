@@ -405,6 +405,7 @@ class Grid:
             stream.state.records.append(record)
             with stream.folder.logging():
                 stream.log_metrics(record)
+                log.info("[%s] %d of %d step(s) written, %d computing, %d waiting", stream.name, *self.tally(rows))
             if rows.board is None:
                 rows.board = self.closing.enter_context(stream.folder.tensorboard())
             stream.log_row(rows.board, record)
@@ -435,6 +436,16 @@ class Grid:
 
     def metrics(self, stream: StreamRun, keys: dict[int, str]) -> dict[str, dict]:
         return {stream.eval_tasks[j].name: self.evaluated[key] for j, key in keys.items()}
+
+    def tally(self, rows: Rows) -> tuple[int, int, int, int]:
+        """A stream's steps written, its steps in all, those computing (training with their inputs ready, or
+        their row evaluating) and those waiting (on a step below, or for the rows before theirs)."""
+        stream = rows.stream
+        written, computing = len(stream.state.records), len(rows.submitted)
+        for index in range(rows.next_row, len(stream.steps)):
+            node = self.trainings.get(stream.training_key(index)) if index in stream.train_configs else None
+            computing += bool(node and node.ref in self.pending and not any(r in self.pending for r in node.waits_on))
+        return written, len(stream.steps), computing, len(stream.steps) - written - computing
 
     def show(self) -> None:
         """The bar's tally: trainings running (inputs ready) and waiting (on a step below), evaluations."""

@@ -155,7 +155,7 @@ def test_dpt_modules_stack_save_and_load_with_their_auxiliary_heads(tiny_clip_ho
 def test_grounding_host_reads_phrase_spans_off_the_token_ids(tiny_host):
     phrases = ["red circle", "fish", "one way arrow"]
     for context in (0, 3):
-        slots = tiny_host.context_token_ids(context)
+        slots = tiny_host.context_slot_ids(context)
         (prompt,) = build_prompts(tiny_host.tokenizer, phrases, tiny_host.model.config.max_text_len, slots)
         assert tiny_host.phrase_spans(prompt.input_ids[0]) == list(prompt.spans)
 

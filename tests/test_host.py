@@ -181,3 +181,27 @@ def test_the_t_sized_host_saved_loads_back_with_identical_outputs(tmp_path):
     with torch.no_grad():
         before, after = (h.raw_outputs(pixels, h.prompts(["fish", "crab"])[0]) for h in (host, again))
     assert torch.equal(before.logits, after.logits) and torch.equal(before.pred_boxes, after.pred_boxes)
+
+
+def test_coop_on_a_tokenizer_without_placeholder_tokens_fills_marked_positions(tiny_host, monkeypatch):
+    """Grounding DINO with a tokenizer that has no [unusedN] (as CLIP's BPE has none): ordinary tokens at the
+    context slots, their positions marked; the same predictions as with placeholder tokens."""
+    from prompts import Stack, build_module
+
+    stack = Stack(tiny_host)
+    try:
+        stack.push(build_module("coop", {"tokens": 3}, task="t"))
+        batch = Batch("detection", _pixels(), PHRASES)
+        with torch.no_grad():
+            with_slots = tiny_host.raw_outputs(batch.pixels, tiny_host.prompts(PHRASES)[0]).logits
+            assert tiny_host.context_index is None
+            monkeypatch.setattr(tiny_host, "context_slot_ids", lambda count: None)
+            monkeypatch.setattr(tiny_host, "_prompt_cache", {})  # (a host's tokenizer never changes: prompts are cached)
+            (prompt,) = tiny_host.prompts(PHRASES)
+            by_position = tiny_host.raw_outputs(batch.pixels, prompt).logits
+    finally:
+        stack.clear()
+    assert tiny_host.tokenizer.convert_ids_to_tokens(prompt.input_ids[0, 1:5].tolist()) == ["x", "x", "x", "red"]
+    assert prompt.context_index[0, :5].tolist() == [-1, 0, 1, 2, -1]
+    assert torch.equal(tiny_host.context_index, prompt.context_index.expand(len(batch.pixels), -1))
+    assert torch.allclose(by_position, with_slots, atol=1e-5)

@@ -263,3 +263,29 @@ def test_a_diverged_run_resumes_with_a_corrected_rate(tmp_path, uninterrupted):
     assert main(["run", str(SMOKE), f"run_dir={run_dir}", "train.lr=1e6"]) == 2  # a module saved, then diverged
     assert main(["run", str(SMOKE), "--resume", f"run_dir={run_dir}"]) == 0  # the default rate
     assert (run_dir / "results.json").read_bytes() == uninterrupted
+
+
+def test_clipping_tames_finite_gradients_whose_norm_overflows_float32():
+    """A deep host with random weights gives finite gradients near 1e22 (Grounding DINO-T's Swin, measured);
+    their float32 norm is inf, which the guard took for a divergence. Normal gradients clip bit for bit as
+    torch's clip_grad_norm_ does; an infinite gradient is still refused."""
+    from continual.loop import clip_gradients
+
+    huge = [torch.nn.Parameter(torch.zeros(96, 16)), torch.nn.Parameter(torch.zeros(96))]
+    huge[0].grad, huge[1].grad = torch.full((96, 16), 5e21), torch.full((96,), -5e22)
+    assert not torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in huge]))
+    norm = clip_gradients(huge, 1.0)
+    assert torch.isfinite(norm) and norm.item() == pytest.approx((96 * 16 * 5e21**2 + 96 * 5e22**2) ** 0.5, rel=1e-5)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in huge])).item() == pytest.approx(1.0, rel=1e-4)
+
+    generator = torch.Generator().manual_seed(0)
+    ours, torchs = ([torch.nn.Parameter(torch.zeros(8, 8)) for _ in range(3)] for _ in range(2))
+    for a, b in zip(ours, torchs):
+        a.grad = torch.randn(8, 8, generator=generator) * 10
+        b.grad = a.grad.clone()
+    assert torch.equal(clip_gradients(ours, 1.0), torch.nn.utils.clip_grad_norm_(torchs, 1.0))
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, torchs))
+
+    ours[0].grad[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="the gradients went non-finite"):
+        clip_gradients(ours, 1.0)

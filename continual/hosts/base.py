@@ -28,7 +28,6 @@ from PIL import Image
 from torch import nn
 
 from continual.digest import tensor_digest
-from tasks.errors import DataError
 from continual.errors import ContinualError
 from continual.registry import Registry
 
@@ -226,13 +225,6 @@ class Host(nn.Module):
         ids = self.tokenizer.convert_tokens_to_ids([f"[unused{i}]" for i in range(count)])
         if None in ids or (self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids):
             return None
-        return ids
-
-    def context_token_ids(self, count: int) -> list[int]:
-        """The placeholder slots' token ids, for hosts whose prompts need them (refused without them)."""
-        ids = self.context_slot_ids(count)
-        if ids is None:
-            raise DataError(f"the {self.kind} host's tokenizer has no [unusedN] tokens for {count} context vectors")
         return ids
 
     def check_phrases(self, phrases, template: str | tuple[str, ...] = "{}") -> None:

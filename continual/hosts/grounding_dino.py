@@ -269,9 +269,12 @@ class GroundingDinoHost(Host):
         context = self.context_tokens()
         key = (tuple(phrases), context)
         if key not in self._prompt_cache:
-            slots = self.context_token_ids(context)
+            slots = self.context_slot_ids(context)
+            by_position = slots is None  # a tokenizer without [unusedN]: ordinary tokens at marked positions
+            if by_position:
+                slots = self.tokenizer("x", add_special_tokens=False)["input_ids"][:1] * context
             self._prompt_cache[key] = build_prompts(self.tokenizer, list(phrases), self.model.config.max_text_len,
-                                                    context=slots)
+                                                    context=slots, mark_context=by_position)
         return self._prompt_cache[key]
 
     def phrase_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -301,6 +304,8 @@ class GroundingDinoHost(Host):
 
         def expand(t):
             return t.to(device).expand(batch, -1)
+
+        self.context_index = None if prompt.context_index is None else expand(prompt.context_index)  # (CoOp reads it)
 
         return self.model(pixel_values=pixel_values, input_ids=expand(prompt.input_ids),
                           attention_mask=expand(prompt.attention_mask),

@@ -25,6 +25,7 @@ class TextPrompt:
     attention_mask: torch.Tensor  # (1, L)
     token_type_ids: torch.Tensor  # (1, L)
     spans: tuple[tuple[int, int], ...]  # [start, end) token range of each phrase
+    context_index: torch.Tensor | None = None  # (1, L): each context slot's position in its run, else -1
 
 
 def check_phrase(phrase: str, index: int) -> str:
@@ -36,25 +37,31 @@ def check_phrase(phrase: str, index: int) -> str:
     return text
 
 
-def _encode(tokenizer, phrases: list[str], indices: list[int], context: list[int]) -> TextPrompt:
+def _encode(tokenizer, phrases: list[str], indices: list[int], context: list[int], mark_context: bool) -> TextPrompt:
     """[CLS] ctx.. phrase . ctx.. phrase . [SEP]; a phrase's span covers its context tokens too,
     as Grounding DINO's label maps take every token between delimiters."""
-    ids, spans = [tokenizer.cls_token_id], []
+    ids, spans, slots = [tokenizer.cls_token_id], [], [-1]
     dot = tokenizer.convert_tokens_to_ids(".")
     for phrase in phrases:
         start = len(ids)
-        ids += context + tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        words = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        ids += context + words
+        slots += list(range(len(context))) + [-1] * (len(words) + 1)
         spans.append((start, len(ids)))
         ids.append(dot)
     ids.append(tokenizer.sep_token_id)
     input_ids = torch.tensor([ids])
-    return TextPrompt(tuple(indices), input_ids, torch.ones_like(input_ids), torch.zeros_like(input_ids), tuple(spans))
+    index = torch.tensor([slots + [-1]]) if mark_context and context else None
+    return TextPrompt(tuple(indices), input_ids, torch.ones_like(input_ids), torch.zeros_like(input_ids), tuple(spans),
+                      index)
 
 
-def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context: list[int] = ()) -> list[TextPrompt]:
+def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context: list[int] = (),
+                  mark_context: bool = False) -> list[TextPrompt]:
     """Pack the phrases, in order, into as few prompts as fit ``max_text_len`` tokens.
 
-    ``context``: token ids of the slots that go before every phrase (CoOp's learned context).
+    ``context``: token ids of the slots that go before every phrase (CoOp's learned context); with
+    ``mark_context`` they are ordinary tokens and each prompt's ``context_index`` says where the slots are.
     """
     if not phrases:
         raise DataError("a task needs at least one category phrase")
@@ -71,4 +78,4 @@ def build_prompts(tokenizer, phrases: list[str], max_text_len: int, context: lis
             used = 2
         chunks[-1].append(index)
         used += length
-    return [_encode(tokenizer, [cleaned[i] for i in chunk], chunk, context) for chunk in chunks]
+    return [_encode(tokenizer, [cleaned[i] for i in chunk], chunk, context, mark_context) for chunk in chunks]
