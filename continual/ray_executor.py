@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from continual import distributed
-from continual.config import NO_MODULE, RunConfig, import_modules, warn_once
+from continual.config import NO_MODULE, Resources, RunConfig, import_modules, warn_once
 from continual.errors import ContinualError, RunError
 from continual.loop import default_progress
 from continual.run_folder import RunFolder
@@ -166,6 +166,16 @@ def stack_up(stream: StreamRun, stack: Stack, folders: list[str]) -> None:
         stack.push(load_module(folder, stream.ws.host))
 
 
+def task_resources(run: Resources, step: Resources | None, threads: int, cuda: bool) -> dict[str, float]:
+    """What a task asks Ray for: the step's resources over the run's. Unset, on CPU a task holds as many CPUs
+    as it computes with (``threads``, the driver's: more tasks than cores would make their threads fight
+    for them); on CUDA, one GPU and one CPU."""
+    own = {k: v for k, v in asdict(step).items() if v is not None} if step else {}
+    merged = dataclasses.replace(run, **own)
+    return {"num_cpus": (1 if cuda else threads) if merged.num_cpus is None else merged.num_cpus,
+            "num_gpus": (1 if cuda else 0) if merged.num_gpus is None else merged.num_gpus}
+
+
 def import_folders(names: list[str]) -> list[str]:
     """The folders from which the config's ``imports`` were imported here (a worker looks there too)."""
     found = []
@@ -254,24 +264,16 @@ class Grid:
         self.bar = tqdm(total=total, desc="grid", unit="step", disable=not (
             default_progress() if progress is None else progress))
 
-    def options(self, resources) -> dict:
-        """Ray's options for a task with ``resources``. Unset, on CPU a task holds as many CPUs as it computes
-        with (the driver's thread count: more tasks than cores would make their threads fight for them); on
-        CUDA, one GPU and one CPU."""
-        cpus, gpus = resources.num_cpus, resources.num_gpus
-        asked = {"CPU": (1 if self.cuda else self.setup.threads) if cpus is None else cpus,
-                 "GPU": (1 if self.cuda else 0) if gpus is None else gpus}
-        for name, amount in asked.items():
+    def options(self, stream: StreamRun, index: int | None = None) -> dict:
+        """Ray's options for a task of ``stream`` (of its step ``index``; None: an evaluation)."""
+        step = stream.steps[index].resources if index is not None else None
+        asked = task_resources(stream.ws.cfg.resources, step, self.setup.threads, self.cuda)
+        for name, amount in (("CPU", asked["num_cpus"]), ("GPU", asked["num_gpus"])):
             if amount > self.largest.get(name, 0):  # (a warning: an autoscaling cluster may add such a node)
                 warn_once(f"executor ray: a task asks for {amount:g} {name}(s), but no node of the Ray cluster has "
                           f"that many ({self.largest.get(name, 0):g} at most): it waits until one joins (set "
                           f"resources.num_{name.lower()}s{', or OMP_NUM_THREADS for the threads' if name == 'CPU' else ''})")
-        return {"num_cpus": asked["CPU"], "num_gpus": asked["GPU"], **self.env}
-
-    def step_options(self, stream: StreamRun, index: int) -> dict:
-        """The run's resources with the step's own on top."""
-        own = {k: v for k, v in asdict(stream.steps[index].resources).items() if v is not None}
-        return self.options(dataclasses.replace(stream.ws.cfg.resources, **own))
+        return {**asked, **self.env}
 
     @staticmethod
     def job(stream: StreamRun) -> Job:
@@ -319,7 +321,7 @@ class Grid:
                 continue
             key = stream.training_key(index)
             if key not in self.trainings and key not in self.trained:
-                ref = self.train_remote.options(**self.step_options(stream, index)).remote(
+                ref = self.train_remote.options(**self.options(stream, index)).remote(
                     self.setup, self.job(stream), index, *below)
                 self.trainings[key] = Training(stream, ref, [b for b in below if not isinstance(b, dict)])
                 self.pending[ref] = ("train", key, None)
@@ -344,7 +346,7 @@ class Grid:
         for j, key in keys.items():
             if key in self.evaluated or key in self.evaluating:
                 continue
-            ref = self.evaluate_remote.options(**self.options(stream.ws.cfg.resources)).remote(
+            ref = self.evaluate_remote.options(**self.options(stream)).remote(
                 self.setup, self.job(stream), folders, j, row)
             self.evaluating[key] = ref
             self.pending[ref] = ("evaluate", key, rows)

@@ -97,3 +97,15 @@ def test_the_driver_killed_mid_study_resumes_to_the_same_bytes(local_ray, local_
     assert "1 training(s) to run" in resumed.stderr  # the other was written before the kill
     expected = {name: data for name, data in outputs(local_study).items() if name.startswith("seed-0/")}
     assert {name: data for name, data in outputs(run_dir).items() if name.startswith("seed-0/")} == expected
+
+
+@pytest.mark.fast
+def test_a_steps_resources_override_the_runs_and_cpu_tasks_hold_their_threads():
+    from continual.config import Resources
+    from continual.ray_executor import task_resources
+
+    run = Resources(num_gpus=1)
+    assert task_resources(run, None, threads=2, cuda=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert task_resources(run, Resources(num_cpus=8), 2, True) == {"num_cpus": 8, "num_gpus": 1}
+    assert task_resources(run, Resources(num_gpus=0.5), 2, True) == {"num_cpus": 1, "num_gpus": 0.5}
+    assert task_resources(Resources(), None, threads=4, cuda=False) == {"num_cpus": 4, "num_gpus": 0}
