@@ -67,6 +67,16 @@ def test_cli_run_with_executor_ray_writes_the_local_results(local_ray, tmp_path,
     assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
 
 
+def test_a_method_from_the_configs_imports_reaches_the_workers(local_ray, tmp_path, monkeypatch):
+    """examples/custom_method.yaml imports its method from beside the config; run from another folder, the
+    workers find it where the driver did."""
+    monkeypatch.chdir(tmp_path)
+    config = SMOKE.parents[1] / "examples" / "custom_method.yaml"
+    for executor in ("local", "ray"):
+        engine.run(load_config(config, [f"run_dir={tmp_path / executor}", f"executor={executor}"]), progress=False)
+    assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
+
+
 def test_a_worker_killed_mid_step_is_retried_from_its_checkpoint(local_ray, local_study, tmp_path, monkeypatch,
                                                                   caplog):
     caplog.set_level(logging.INFO, logger="continual")  # the workers log at the driver's level, as the CLI's
@@ -109,3 +119,13 @@ def test_a_steps_resources_override_the_runs_and_cpu_tasks_hold_their_threads():
     assert task_resources(run, Resources(num_cpus=8), 2, True) == {"num_cpus": 8, "num_gpus": 1}
     assert task_resources(run, Resources(num_gpus=0.5), 2, True) == {"num_cpus": 1, "num_gpus": 0.5}
     assert task_resources(Resources(), None, threads=4, cuda=False) == {"num_cpus": 4, "num_gpus": 0}
+
+
+@pytest.mark.fast
+def test_executor_ray_under_torchrun_is_refused(monkeypatch):
+    from continual import ray_executor
+    from continual.errors import RunError
+
+    monkeypatch.setattr(ray_executor.distributed, "world_size", lambda: 2)
+    with pytest.raises(RunError, match="executor ray starts its own workers: run it as one process, not under torchrun"):
+        ray_executor.run_on_ray(None, [])
