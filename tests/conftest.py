@@ -32,6 +32,29 @@ def tiny_vilt_host():
     return ViltHost.build_tiny(seed=0)
 
 
+@pytest.fixture
+def user_registries():
+    """Methods, hosts and task kinds a test registers from user code are taken out again after it, and the
+    user modules that registered them forgotten (so the next test's import registers them again)."""
+    import sys
+
+    from continual.hosts.base import HOSTS
+    from prompts.base import METHODS
+    from tasks.kinds import TASK_KINDS
+
+    registries = (METHODS, HOSTS, TASK_KINDS)
+    before, imported = tuple(map(dict, registries)), set(sys.modules)
+    yield
+    for registry, kept in zip(registries, before):
+        for name in set(registry) - set(kept):
+            registry.pop(name)
+    for name in set(sys.modules) - imported:  # user code: neither installed nor the project's own packages
+        path = getattr(sys.modules[name], "__file__", None) or ""
+        if path and not path.startswith(sys.prefix) and name.split(".")[0] not in {"continual", "tasks", "prompts",
+                                                                                   "evaluation"}:
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("worlds")

@@ -63,21 +63,6 @@ def test_python_stream_example_equals_the_yaml_run(tmp_path, capsys):
     assert "after aquarium (sdpt)" in again.stream.table()
 
 
-@pytest.fixture
-def user_registries():
-    """Methods, hosts and task kinds a test registers from user code are taken out again after it."""
-    from continual.hosts.base import HOSTS
-    from prompts.base import METHODS
-    from tasks.kinds import TASK_KINDS
-
-    registries = (METHODS, HOSTS, TASK_KINDS)
-    before = tuple(map(dict, registries))
-    yield
-    for registry, kept in zip(registries, before):
-        for name in set(registry) - set(kept):
-            registry.pop(name)
-
-
 def test_custom_method_from_user_code_runs_from_a_config(tmp_path, user_registries):
     from continual.cli import main
 

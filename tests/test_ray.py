@@ -67,7 +67,7 @@ def test_cli_run_with_executor_ray_writes_the_local_results(local_ray, tmp_path,
     assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
 
 
-def test_a_method_from_the_configs_imports_reaches_the_workers(local_ray, tmp_path, monkeypatch):
+def test_a_method_from_the_configs_imports_reaches_the_workers(local_ray, tmp_path, monkeypatch, user_registries):
     """examples/custom_method.yaml imports its method from beside the config; run from another folder, the
     workers find it where the driver did."""
     monkeypatch.chdir(tmp_path)
