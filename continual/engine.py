@@ -46,18 +46,16 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress:
     runs = [seed_config(cfg, seed) for seed in cfg.seeds] or [cfg]
     with folder.logging():  # what loading the data skipped goes to run.log too
         ws = Workspace.open(runs[0], progress)
+    # each seed's folder checked (and its config text read) before anything runs
+    previous_of = [previous if one is cfg else RunFolder(one.run_dir).prepare(resume, overwrite=False) for one in runs]
     if cfg.executor == "ray":
         from continual.ray_executor import run_on_ray
 
-        previous_of = {one.run_dir: previous if one is cfg else RunFolder(one.run_dir).prepare(resume, False)
-                       for one in runs}
-        run_on_ray(ws, [open_streams(dataclasses.replace(ws, cfg=one), resume, previous_of[one.run_dir])
-                        for one in runs])
+        run_on_ray(ws, [open_streams(dataclasses.replace(ws, cfg=one), resume, earlier)
+                        for one, earlier in zip(runs, previous_of)])
     else:
-        for one in runs:
-            own_previous = previous if one is cfg else RunFolder(one.run_dir).prepare(resume, overwrite=False)
-            finish_run(one, {s.name: s.run() for s in open_streams(dataclasses.replace(ws, cfg=one), resume,
-                                                                    own_previous)})
+        for one, earlier in zip(runs, previous_of):
+            finish_run(one, {s.name: s.run() for s in open_streams(dataclasses.replace(ws, cfg=one), resume, earlier)})
     if cfg.seeds:
         write_summary(folder, cfg.name, cfg.seeds, cfg.is_study)
     return folder.path
