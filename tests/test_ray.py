@@ -77,6 +77,13 @@ def test_a_method_from_the_configs_imports_reaches_the_workers(local_ray, tmp_pa
     assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
 
 
+def test_a_step_that_diverges_in_a_worker_is_the_local_executors_one_line_error(local_ray, tmp_path, capsys):
+    assert main(["run", str(SMOKE), f"run_dir={tmp_path / 'run'}", "executor=ray", "train.lr=1e20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stream.0 (base, adapter)") and len(err.splitlines()) == 1
+    assert "the decoder's states are not finite at training step 2 of 4" in err
+
+
 def test_a_worker_killed_mid_step_is_retried_from_its_checkpoint(local_ray, local_study, tmp_path, monkeypatch,
                                                                   caplog):
     caplog.set_level(logging.INFO, logger="continual")  # the workers log at the driver's level, as the CLI's
