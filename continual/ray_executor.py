@@ -176,6 +176,11 @@ def task_resources(run: Resources, step: Resources | None, threads: int, cuda: b
             "num_gpus": (1 if cuda else 0) if merged.num_gpus is None else merged.num_gpus}
 
 
+def module_folder(folder: RunFolder, record: StepRecord) -> str:
+    """The absolute folder of a step's module (what a worker on another node opens)."""
+    return str((folder / record.module).resolve())
+
+
 def import_folders(names: list[str]) -> list[str]:
     """The folders from which the config's ``imports`` were imported here (a worker looks there too)."""
     found = []
@@ -195,9 +200,8 @@ def import_folders(names: list[str]) -> list[str]:
 # -- the driver's side ------------------------------------------------------------------------------------
 @dataclass
 class Training:
-    """A node of the graph: one distinct training, trained in its owner's folder."""
+    """A node of the graph: one distinct training, trained in its owner's folder (``Grid.owners``)."""
 
-    owner: StreamRun
     ref: Any  # the Ray task's result
     waits_on: list = field(default_factory=list)  # the trainings it stacks on that were running at submission
 
@@ -230,7 +234,7 @@ class Rows:
     def folders(self) -> list[str]:
         """The modules above the starting ones after the last asked row: the written rows', the asked rows'."""
         records = [*self.stream.state.records, *(row.record for row in self.submitted)]
-        return [str((self.stream.folder / r.module).resolve()) for r in records if r.module]
+        return [module_folder(self.stream.folder, r) for r in records if r.module]
 
 
 class Grid:
@@ -315,7 +319,7 @@ class Grid:
     def submit_trainings(self, stream: StreamRun) -> None:
         """A training task for each unfinished step of the stream that no earlier stream trains."""
         finished = stream.state.records
-        below: list = [{"folder": str((stream.folder / r.module).resolve())} for r in finished if r.module]
+        below: list = [{"folder": module_folder(stream.folder, r)} for r in finished if r.module]
         for index in range(len(finished), len(stream.steps)):
             if index not in stream.train_configs:
                 continue
@@ -323,7 +327,7 @@ class Grid:
             if key not in self.trainings and key not in self.trained:
                 ref = self.train_remote.options(**self.options(stream, index)).remote(
                     self.setup, self.job(stream), index, *below)
-                self.trainings[key] = Training(stream, ref, [b for b in below if not isinstance(b, dict)])
+                self.trainings[key] = Training(ref, [b for b in below if not isinstance(b, dict)])
                 self.pending[ref] = ("train", key, None)
             below.append(self.module_input(key))
 
@@ -331,7 +335,7 @@ class Grid:
         """What a step above training ``key`` takes: the finished module's folder, or the running task's
         reference (Ray hands the step its result when it is done)."""
         done = self.trained.get(key)
-        return {"folder": str((done.folder / done.record.module).resolve())} if done else self.trainings[key].ref
+        return {"folder": module_folder(done.folder, done.record)} if done else self.trainings[key].ref
 
     def ask(self, rows: Rows, indices: list[int], row: int | None, folders: list[str]) -> dict[int, str]:
         """The evaluation keys of tasks ``indices`` with the modules in ``folders`` on top of the starting ones;
@@ -359,9 +363,9 @@ class Grid:
         kind, key, rows = self.pending.pop(ref)
         result = self.result(ref, kind, key)
         if kind == "train":
-            node = self.trainings[key]
-            self.trained[key] = Done(result["record"], node.owner.name, node.owner.folder)
-            self.rows_of(node.owner).model_seconds += result["model_seconds"]
+            owner = self.owners[key]
+            owner.remember(result["record"])
+            self.rows_of(owner).model_seconds += result["model_seconds"]
         else:
             self.evaluated[key] = result["metrics"]
             del self.evaluating[key]
