@@ -10,7 +10,8 @@ trains on the whole training split: the seeds then vary only the order and
 the initialisation (the APT study's VQA tasks, which have no classes to draw
 shots from, use only that). Each finished cell is
 written at once to ``fewshot.json``, so ``--resume`` continues a grid where it
-stopped. The method ``none`` is the zero-shot row (the same for every shot
+stopped, also with a config that adds shot counts, seeds, tasks or methods (only
+the new cells run). The method ``none`` is the zero-shot row (the same for every shot
 count and seed, so evaluated once per task).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from continual import atomic
@@ -116,6 +118,23 @@ def _train_config(cfg: FewshotConfig, label: str, spec: MethodSpec, seed: int) -
     return train
 
 
+GROWING = ("shots", "seeds", "tasks", "methods")  # the grid's axes: a resumed grid may add to each
+
+
+def grows(previous_text: str, config_text: str) -> bool:
+    """Whether the grid of ``config_text`` holds every cell of ``previous_text``'s, computed the same way:
+    every other key equal, each axis keeping its entries (a method or task unchanged) and perhaps adding some.
+    Each cell is seeded on its own, so the added cells do not move the others."""
+    if same_config(previous_text, config_text):
+        return True
+    before, after = (OmegaConf.to_container(OmegaConf.create(t)) for t in (previous_text, config_text))
+    if any(before.get(k) != after.get(k) for k in (set(before) | set(after)) - {"run_dir", *GROWING}):
+        return False
+    kept_lists = all(set(before[k]) <= set(after[k]) for k in ("shots", "seeds"))
+    return kept_lists and all(after[k].get(name) == entry for k in ("tasks", "methods")
+                              for name, entry in before[k].items())
+
+
 def _cell_key(cell: dict) -> tuple:
     return cell["task"], cell["shots"], cell["seed"], cell["method"]
 
@@ -128,9 +147,9 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
 
     folder = RunFolder(cfg.run_dir)
     previous = folder.prepare(resume, overwrite)
-    if previous is not None and not same_config(previous, to_yaml(cfg)):  # cells of one grid, one config
+    if previous is not None and not grows(previous, to_yaml(cfg)):  # cells of one grid, one config
         raise RunError(f"{folder} holds a grid of another config ({folder / CONFIG}); --resume needs the "
-                       "same config, --overwrite starts over")
+                       "same config or one that only adds shots, seeds, tasks or methods; --overwrite starts over")
     folder.record_config(to_yaml(cfg), previous)
     results_path = folder / FEWSHOT
     cells = json.loads(results_path.read_text())["cells"] if resume and results_path.is_file() else []
@@ -189,4 +208,4 @@ def _train_and_evaluate(stack, task, method: MethodSpec, train_cfg: TrainConfig,
     finally:
         stack.clear()
     return {"metrics": metrics, "train_seconds": round(seconds, 2), "lr": train_cfg.lr, "steps": train_cfg.steps,
-            "final_loss": record.losses[-1]}
+            "final_loss": record.losses[-1], "losses": [round(loss, 5) for loss in record.losses]}

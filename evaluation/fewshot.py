@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from statistics import mean
 
-from evaluation.plots import accuracy_against_shots
+from evaluation.plots import accuracy_against_shots, training_curves
 from evaluation.report import fmt_interval, markdown_table
 from evaluation.summary import mean_interval
 
@@ -39,6 +39,33 @@ def summary(cells: list[dict], methods: list[str], shots: list, task: str | None
     return table
 
 
+def mean_losses(cells: list[dict], methods: list[str], shots: list) -> dict:
+    """{shots: {method: the training loss per step, averaged over the method's cells}} for the cells that record
+    their losses (fewshot.json of older versions does not) and share one schedule."""
+    curves: dict = {}
+    for k in shots:
+        for m in methods:
+            runs = [c["losses"] for c in cells if c["method"] == m and c["shots"] == k and c.get("losses")]
+            length = min(map(len, runs), default=0)
+            if length:
+                curves.setdefault(k, {})[m] = [mean(run[i] for run in runs) for i in range(length)]
+    return curves
+
+
+def _tenth(curve: list[float], where: float) -> float:
+    """The mean loss over the tenth of the schedule that starts at ``where`` (0: first, 0.45: middle, 0.9: last)."""
+    width = max(1, len(curve) // 10)
+    start = min(int(where * len(curve)), len(curve) - width)
+    return mean(curve[start:start + width])
+
+
+def _loss_table(curves: dict) -> str:
+    """Whether training flattened: the mean loss over the first, middle and last tenths of the schedule."""
+    rows = [[m, shots_label(k), len(c), *(f"{_tenth(c, w):.3f}" for w in (0.0, 0.45, 0.9))]
+            for k, by_method in curves.items() for m, c in by_method.items()]
+    return markdown_table(["method", "shots", "steps", "loss, first tenth", "middle tenth", "last tenth"], rows)
+
+
 def _cell(entry) -> str:
     return "–" if entry is None else fmt_interval(entry[0], entry[1])
 
@@ -64,6 +91,10 @@ def fewshot_report(results: dict, methods: list[str], shots: list) -> str:
         lines += [f"### {task}", "", _markdown(summary(cells, methods, shots, task, metric), methods, shots), ""]
     lines += ["## Training time", "", markdown_table(["method", "seconds (all cells)"],
                                                      [[m, f"{seconds[m]:.0f}"] for m in methods]), ""]
+    curves = mean_losses(cells, methods, shots)
+    if curves:
+        lines += ["## Training loss", "", "Per step, the mean over each method's cells (tasks and seeds).", "",
+                  _loss_table(curves), "", "![training loss](curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -83,6 +114,10 @@ def fewshot_outputs(results: dict, methods: list[str], shots: list) -> dict[str,
     tasks = _tasks(cells)
     panels = {"mean over tasks": summary(cells, methods, shots, metric=metric)}
     panels.update({task: summary(cells, methods, shots, task, metric) for task in tasks})
-    return {"report.md": fewshot_report(results, methods, shots),
-            "fewshot.png": accuracy_against_shots(panels, methods, [shots_label(k) for k in shots], shots,
-                                                  results["name"], metric)}
+    outputs = {"report.md": fewshot_report(results, methods, shots),
+               "fewshot.png": accuracy_against_shots(panels, methods, [shots_label(k) for k in shots], shots,
+                                                     results["name"], metric)}
+    curves = mean_losses(cells, methods, shots)
+    if curves:
+        outputs["curves.png"] = training_curves({shots_label(k): c for k, c in curves.items()}, results["name"])
+    return outputs

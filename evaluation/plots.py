@@ -119,3 +119,24 @@ def accuracy_against_shots(panels: dict[str, dict], methods: list[str], labels: 
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     return _png(fig)
+
+
+def training_curves(panels: dict[str, dict[str, list[float]]], title: str) -> bytes:
+    """One panel per entry of ``panels`` ({method: loss per step}): each method's loss, faint, and its moving
+    average over a twentieth of the schedule, so a curve that has flattened reads as flat."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for method, losses in curves.items():
+            window = max(1, len(losses) // 20)
+            smooth = [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
+                      for i in range(len(losses))]
+            steps = range(1, len(losses) + 1)
+            (line,) = ax.plot(steps, smooth, lw=1.3, label=method)
+            ax.plot(steps, losses, lw=0.5, alpha=0.25, color=line.get_color())
+        ax.set_xlabel("optimizer step")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    return _png(fig)

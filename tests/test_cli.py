@@ -261,7 +261,7 @@ methods:
 """
 
 
-def test_fewshot_grid_writes_cells_table_and_plot_and_resumes(_run, tmp_path):
+def test_fewshot_grid_writes_cells_table_and_plot_resumes_and_grows(_run, tmp_path):
     config = tmp_path / "fs.yaml"
     config.write_text(FEWSHOT)
     run_dir = tmp_path / "run"
@@ -273,12 +273,25 @@ def test_fewshot_grid_writes_cells_table_and_plot_and_resumes(_run, tmp_path):
     assert len({json.dumps(c["metrics"]) for c in cells if c["method"] == "zero-shot"}) == 1
     report = (run_dir / "report.md").read_text()
     assert "| dpt |" in report and " ± " in report and (run_dir / "fewshot.png").stat().st_size > 1000
+    trained = [c for c in cells if c["method"] != "zero-shot"]
+    assert all(len(c["losses"]) == 2 and c["losses"][-1] == pytest.approx(c["final_loss"], abs=1e-5) for c in trained)
+    assert "## Training loss" in report and (run_dir / "curves.png").stat().st_size > 1000
     # a grid killed after 9 cells continues with the 3 missing ones, the others kept as they were
     (run_dir / "fewshot.json").write_text(json.dumps({**results, "cells": cells[:9]}))
     again = _run("fewshot", config, f"run_dir={run_dir}", "--resume")
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = json.loads((run_dir / "fewshot.json").read_text())["cells"]
     assert resumed[:9] == cells[:9] and len(resumed) == 12
+    # a config that adds a method resumes with only its cells; one that changes a method is refused
+    config.write_text(FEWSHOT + "  vpt: {method: vpt, config: {tokens: 2}}\n")
+    grown = _run("fewshot", config, f"run_dir={run_dir}", "--resume")
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    cells_after = json.loads((run_dir / "fewshot.json").read_text())["cells"]
+    assert cells_after[:12] == resumed and [c["method"] for c in cells_after[12:]] == ["vpt"] * 4
+    assert "| vpt |" in (run_dir / "report.md").read_text()
+    config.write_text(FEWSHOT.replace("coop, config: {tokens: 2}", "coop, config: {tokens: 3}"))
+    changed = _run("fewshot", config, f"run_dir={run_dir}", "--resume")
+    assert changed.returncode == 2 and "holds a grid of another config" in changed.stderr, changed.stderr
 
 
 @pytest.mark.parametrize("override, expected", [
