@@ -82,6 +82,8 @@ VILT_ROWS = [
     ("apt", "m=200", {"prompts": 200}),
     ("deep_prompt", "m'=200", {"tokens": 200}),
     ("deep_prompt", "m'=200 keys-values", {"tokens": 200, "keys_values_only": True}),
+    ("apt", "m=50", {"prompts": 50}),  # configs/apt*.yaml's size on the tiny ViLT
+    ("deep_prompt", "m'=50 keys-values", {"tokens": 50, "keys_values_only": True}),
     ("adapter", "", {}),
     ("lora", "", {}),
     ("bitfit", "", {}),

@@ -66,6 +66,15 @@ def _loss_table(curves: dict) -> str:
     return markdown_table(["method", "shots", "steps", "loss, first tenth", "middle tenth", "last tenth"], rows)
 
 
+def _training_row(cells: list[dict], method: str) -> list:
+    """The rate and schedule that produced a method's row (zero-shot: none) and its training seconds."""
+    trained = [c for c in cells if c["method"] == method and "lr" in c]
+    lrs = sorted({c["lr"] for c in trained})
+    steps = sorted({c["steps"] for c in trained})
+    return [method, ", ".join(f"{lr:g}" for lr in lrs) or "–", ", ".join(map(str, steps)) or "–",
+            f"{sum(c['train_seconds'] for c in trained):.0f}"]
+
+
 def _cell(entry) -> str:
     return "–" if entry is None else fmt_interval(entry[0], entry[1])
 
@@ -84,13 +93,12 @@ def fewshot_report(results: dict, methods: list[str], shots: list) -> str:
     """report.md of a few-shot grid: its summary, the plot, each task's table, training time."""
     cells, metric = results["cells"], results.get("metric", "accuracy")
     tasks = _tasks(cells)
-    seconds = {m: sum(c["train_seconds"] for c in cells if c["method"] == m) for m in methods}
     lines = [fewshot_summary(results, methods, shots), "", f"![{metric} against shots](fewshot.png)", "",
              "## Per task", ""]
     for task in tasks:
         lines += [f"### {task}", "", _markdown(summary(cells, methods, shots, task, metric), methods, shots), ""]
-    lines += ["## Training time", "", markdown_table(["method", "seconds (all cells)"],
-                                                     [[m, f"{seconds[m]:.0f}"] for m in methods]), ""]
+    lines += ["## Training", "", markdown_table(["method", "lr", "steps", "seconds (all cells)"],
+                                                [_training_row(cells, m) for m in methods]), ""]
     curves = mean_losses(cells, methods, shots)
     if curves:
         lines += ["## Training loss", "", "Per step, the mean over each method's cells (tasks and seeds).", "",

@@ -40,12 +40,12 @@ def test_mean_interval_over_seeds_is_the_t_interval():
         mean_interval([0.5, None])
 
 
-def test_few_shot_loss_curves_average_each_methods_cells_step_by_step_and_report_their_tenths():
+def test_few_shot_report_gives_each_methods_rate_schedule_and_loss_curve_averaged_step_by_step():
     from evaluation.fewshot import fewshot_report, mean_losses
 
     def cell(method, seed, losses):
         return {"task": "t", "shots": None, "seed": seed, "method": method, "metrics": {"accuracy": 0.5},
-                "train_seconds": 1.0, "losses": losses}
+                "train_seconds": 1.0, "lr": 0.01, "steps": 10, "losses": losses}
 
     falling = [10.0 - i for i in range(10)]  # 10 .. 1
     cells = [cell("a", 0, falling), cell("a", 1, [x + 2 for x in falling]), cell("b", 0, [3.0] * 10),
@@ -53,6 +53,7 @@ def test_few_shot_loss_curves_average_each_methods_cells_step_by_step_and_report
     curves = mean_losses(cells, ["a", "b", "old"], [None])
     assert curves == {None: {"a": [11.0 - i for i in range(10)], "b": [3.0] * 10}}
     report = fewshot_report({"name": "g", "host": "h", "cells": cells}, ["a", "b"], [None])
+    assert "| a | 0.01 | 10 | 2 |" in report  # the rate and schedule that produced the row, seconds summed
     # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last
     assert "| a | whole split | 10 | 11.000 | 7.000 | 2.000 |" in report
     assert "| b | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report
