@@ -33,7 +33,7 @@ from continual.config import (NO_MODULE, ConfigError, DataConfig, RunConfig, Ste
 from continual.errors import RunError
 from continual.loading import PixelCache
 from continual.loop import evaluate, train
-from continual.run_folder import CONFIG, FEWSHOT, RunFolder, same_config
+from continual.run_folder import CONFIG, FEWSHOT, RunFolder
 from continual.training import TrainConfig
 from evaluation.fewshot import fewshot_outputs
 from tasks.kinds import TASK_KINDS
@@ -63,6 +63,7 @@ class FewshotConfig:
     methods: dict[str, MethodSpec] = field(default_factory=dict)  # row label -> method
     data: DataConfig = field(default_factory=DataConfig)  # synthetic worlds' sizes: the pool the shots come from
     train: TrainConfig = field(default_factory=TrainConfig)  # how each cell's module trains
+    focus: Optional[str] = None  # a method the report compares with every other row, seed by seed (paired)
     eval_batch_size: int = 64  # images per evaluation batch
     feature_cache: bool = True  # cache the outputs of frozen trunks the trained module does not act inside
     feature_cache_mb: int = 2048  # memory the cache may hold
@@ -85,6 +86,8 @@ def validate_fewshot(cfg: FewshotConfig, where: str) -> None:
         raise ConfigError(f"{where}: seeds must be a non-empty list without repeats, got {cfg.seeds}")
     if not cfg.tasks or not cfg.methods:
         raise ConfigError(f"{where}: a few-shot grid needs `tasks` and `methods`")
+    if cfg.focus is not None and cfg.focus not in cfg.methods:
+        raise ConfigError(f"{where}: focus: {cfg.focus!r} is not one of the methods {sorted(cfg.methods)}")
     check_positive(where, {"eval_batch_size": cfg.eval_batch_size, "feature_cache_mb": cfg.feature_cache_mb},
               allow_zero=("feature_cache_mb",))
     check_train(where, "train.", cfg.train)
@@ -119,16 +122,15 @@ def _train_config(cfg: FewshotConfig, label: str, spec: MethodSpec, seed: int) -
 
 
 GROWING = ("shots", "seeds", "tasks", "methods")  # the grid's axes: a resumed grid may add to each
+REPORTING = ("run_dir", "focus")  # keys that move no cell
 
 
 def grows(previous_text: str, config_text: str) -> bool:
     """Whether the grid of ``config_text`` holds every cell of ``previous_text``'s, computed the same way:
     every other key equal, each axis keeping its entries (a method or task unchanged) and perhaps adding some.
     Each cell is seeded on its own, so the added cells do not move the others."""
-    if same_config(previous_text, config_text):
-        return True
     before, after = (OmegaConf.to_container(OmegaConf.create(t)) for t in (previous_text, config_text))
-    if any(before.get(k) != after.get(k) for k in (set(before) | set(after)) - {"run_dir", *GROWING}):
+    if any(before.get(k) != after.get(k) for k in (set(before) | set(after)) - {*REPORTING, *GROWING}):
         return False
     kept_lists = all(set(before[k]) <= set(after[k]) for k in ("shots", "seeds"))
     return kept_lists and all(after[k].get(name) == entry for k in ("tasks", "methods")
@@ -183,14 +185,18 @@ def run_fewshot(cfg: FewshotConfig, resume: bool = False, overwrite: bool = Fals
                              label, task.metric, cell["metrics"][task.metric])
                     cells.append(cell)
                     done.add(key)
-                    atomic.write_json(results_path, {"name": cfg.name, "host": host.source, "metric": task.metric,
-                                                     "cells": cells})
+                    atomic.write_json(results_path, _results(cfg, host.source, task.metric, cells))
                     bar.update()
     bar.close()
-    results = {"name": cfg.name, "host": host.source, "metric": task.metric, "cells": cells}
+    results = _results(cfg, host.source, task.metric, cells)
     atomic.write_json(results_path, results)
     atomic.write_files(folder.path, fewshot_outputs(results, list(cfg.methods), list(cfg.shots)))
     return folder.path
+
+
+def _results(cfg: FewshotConfig, host: str, metric: str, cells: list[dict]) -> dict:
+    """fewshot.json: the cells so far and what the report needs to read them."""
+    return {"name": cfg.name, "host": host, "metric": metric, "focus": cfg.focus, "cells": cells}
 
 
 def _train_and_evaluate(stack, task, method: MethodSpec, train_cfg: TrainConfig, cfg: FewshotConfig,

@@ -12,18 +12,40 @@ def shots_label(shots: int | None) -> str:
     return "whole split" if shots is None else f"{shots} shot{'s' if shots > 1 else ''}"
 
 
-def seed_means(cells: list[dict], method: str, shots: int | None, task: str | None = None,
-               metric: str = "accuracy") -> list[float]:
-    """Per seed: the ``metric`` of ``method`` at ``shots``, averaged over the tasks (or of one ``task``).
+def by_seed(cells: list[dict], method: str, shots: int | None, task: str | None = None,
+            metric: str = "accuracy") -> dict[int, float]:
+    """{seed: the ``metric`` of ``method`` at ``shots``, averaged over the tasks (or of one ``task``)}.
 
     Seeds missing a task are left out, so an unfinished grid gives no partial averages.
     """
-    by_seed: dict[int, dict[str, float]] = {}
+    values: dict[int, dict[str, float]] = {}
     for c in cells:
         if c["method"] == method and c["shots"] == shots and (task is None or c["task"] == task):
-            by_seed.setdefault(c["seed"], {})[c["task"]] = c["metrics"][metric]
+            values.setdefault(c["seed"], {})[c["task"]] = c["metrics"][metric]
     tasks = {c["task"] for c in cells} if task is None else {task}
-    return [mean(v.values()) for _, v in sorted(by_seed.items()) if set(v) == tasks]
+    return {seed: mean(v.values()) for seed, v in sorted(values.items()) if set(v) == tasks}
+
+
+def seed_means(cells: list[dict], method: str, shots: int | None, task: str | None = None,
+               metric: str = "accuracy") -> list[float]:
+    """Per seed, in seed order: what ``by_seed`` gives."""
+    return list(by_seed(cells, method, shots, task, metric).values())
+
+
+def paired_differences(cells: list[dict], focus: str, methods: list[str], shots: list,
+                       metric: str = "accuracy") -> dict:
+    """{method: {shots: (mean, half-width or None, seeds)}} of ``focus`` minus ``method``, seed by seed (the
+    seeds both have): a shared seed draws the same shots and order for both, so the pairing removes what the
+    seed does to every method alike and the interval is narrower than the two means' would suggest."""
+    table: dict[str, dict] = {}
+    for m in methods:
+        for k in shots:
+            ours, theirs = by_seed(cells, focus, k, metric=metric), by_seed(cells, m, k, metric=metric)
+            differences = [ours[seed] - theirs[seed] for seed in ours if seed in theirs]
+            if m != focus and differences:
+                centre, half = mean_interval(differences)
+                table.setdefault(m, {})[k] = (centre, half, len(differences))
+    return table
 
 
 def summary(cells: list[dict], methods: list[str], shots: list, task: str | None = None,
@@ -108,13 +130,19 @@ def fewshot_report(results: dict, methods: list[str], shots: list) -> str:
 
 def fewshot_summary(results: dict, methods: list[str], shots: list) -> str:
     """What the command line prints of a finished grid: the mean over tasks per method and shot count."""
-    cells, metric = results["cells"], results.get("metric", "accuracy")
+    cells, metric, focus = results["cells"], results.get("metric", "accuracy"), results.get("focus")
     seeds = sorted({c["seed"] for c in cells})
-    return "\n".join([f"# Few-shot: {results['name']}", "",
-                      f"Host `{results['host']}`; tasks {', '.join(_tasks(cells))}; seeds {seeds}. `{metric}` on each "
-                      "task's validation split: mean over the tasks per seed, then the mean over seeds ± the "
-                      "half-width of its 95% interval (t distribution).", "",
-                      _markdown(summary(cells, methods, shots, metric=metric), methods, shots)])
+    lines = [f"# Few-shot: {results['name']}", "",
+             f"Host `{results['host']}`; tasks {', '.join(_tasks(cells))}; seeds {seeds}. `{metric}` on each "
+             "task's validation split: mean over the tasks per seed, then the mean over seeds ± the "
+             "half-width of its 95% interval (t distribution).", "",
+             _markdown(summary(cells, methods, shots, metric=metric), methods, shots)]
+    if focus:
+        others = [m for m in methods if m != focus]
+        lines += ["", f"{focus} minus each method, seed by seed (the mean over the tasks of each), then the mean "
+                  "over seeds ± its 95% interval: an interval that excludes 0 separates the two.", "",
+                  _markdown(paired_differences(cells, focus, others, shots, metric), others, shots)]
+    return "\n".join(lines)
 
 
 def fewshot_outputs(results: dict, methods: list[str], shots: list) -> dict[str, bytes | str]:

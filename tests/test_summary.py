@@ -57,3 +57,20 @@ def test_few_shot_report_gives_each_methods_rate_schedule_and_loss_curve_average
     # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last
     assert "| a | whole split | 10 | 11.000 | 7.000 | 2.000 |" in report
     assert "| b | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report
+
+
+def test_few_shot_paired_differences_are_taken_seed_by_seed_over_the_seeds_both_methods_have():
+    from evaluation.fewshot import fewshot_summary, paired_differences
+
+    def cell(method, seed, task, accuracy):
+        return {"task": task, "shots": 4, "seed": seed, "method": method, "metrics": {"accuracy": accuracy}}
+
+    # focus beats b by 0.10, 0.20, 0.30 on the mean of the two tasks of seeds 0, 1, 2; b lacks seed 3
+    cells = [cell("focus", s, t, 0.5 + 0.1 * s + (0.1 if t == "x" else 0.0)) for s in range(4) for t in "xy"]
+    cells += [cell("b", s, t, 0.4 + (0.1 if t == "x" else 0.0)) for s in range(3) for t in "xy"]
+    table = paired_differences(cells, "focus", ["b"], [4])
+    centre, half, n = table["b"][4]
+    assert n == 3 and centre == pytest.approx(0.20)
+    assert (centre, half) == pytest.approx(mean_interval([0.10, 0.20, 0.30]))
+    summary = fewshot_summary({"name": "g", "host": "h", "focus": "focus", "cells": cells}, ["focus", "b"], [4])
+    assert "focus minus each method" in summary and "| b | 0.200 ± " in summary
