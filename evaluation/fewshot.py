@@ -34,15 +34,16 @@ def seed_means(cells: list[dict], method: str, shots: int | None, task: str | No
 
 def paired_differences(cells: list[dict], focus: str, methods: list[str], shots: list,
                        metric: str = "accuracy") -> dict:
-    """{method: {shots: (mean, half-width or None, seeds)}} of ``focus`` minus ``method``, seed by seed (the
-    seeds both have): a shared seed draws the same shots and order for both, so the pairing removes what the
-    seed does to every method alike and the interval is narrower than the two means' would suggest."""
+    """{method: {shots: (mean, half-width or None, seeds)}}: ``focus`` minus each of ``methods``, seed by seed
+    over the seeds both have. A shared seed draws the same shots and data order for both, so the pairing
+    removes what the seed does to every method alike."""
     table: dict[str, dict] = {}
-    for m in methods:
-        for k in shots:
-            ours, theirs = by_seed(cells, focus, k, metric=metric), by_seed(cells, m, k, metric=metric)
+    for k in shots:
+        ours = by_seed(cells, focus, k, metric=metric)
+        for m in methods:
+            theirs = by_seed(cells, m, k, metric=metric)
             differences = [ours[seed] - theirs[seed] for seed in ours if seed in theirs]
-            if m != focus and differences:
+            if differences:
                 centre, half = mean_interval(differences)
                 table.setdefault(m, {})[k] = (centre, half, len(differences))
     return table
