@@ -28,10 +28,13 @@ def test_costs_bench_counts_apt_on_the_tiny_vilt(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)  # in process: no second interpreter start
     assert bench.main(["--host", "tiny-vilt", "--flops-only", "--only", "apt,deep_prompt", "--json"]) == 0
-    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"apt", "deep_prompt", "full_ft"}
-    assert rows["apt"]["trainable_params"] == 4 * (200 * 384 + 2 * 4 * 384 + 1)  # P, W1, W2, s per layer
-    assert 1 < rows["apt"]["flops_ratio"] < rows["deep_prompt"]["flops_ratio"]  # no attention grows under APT
+    rows = {(r["method"], r["variant"]): r for r in json.loads(capsys.readouterr().out)}
+    assert {method for method, _ in rows} == {"apt", "deep_prompt", "full_ft"}
+    apt, deep = rows["apt", "m=200"], rows["deep_prompt", "m'=200"]
+    assert apt["trainable_params"] == 4 * (200 * 384 + 2 * 4 * 384 + 1)  # P, W1, W2, s per layer
+    assert 1 < apt["flops_ratio"] < deep["flops_ratio"]  # no attention grows under APT
+    # the sizes the study trains (m = 50): APT still below the deep prompt in its cheapest (keys and values) form
+    assert 1 < rows["apt", "m=50"]["flops_ratio"] < rows["deep_prompt", "m'=50 keys-values"]["flops_ratio"]
 
 
 def test_grounding_bench_linear_probe_reads_what_the_features_hold():
