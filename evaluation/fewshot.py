@@ -26,12 +26,6 @@ def by_seed(cells: list[dict], method: str, shots: int | None, task: str | None 
     return {seed: mean(v.values()) for seed, v in sorted(values.items()) if set(v) == tasks}
 
 
-def seed_means(cells: list[dict], method: str, shots: int | None, task: str | None = None,
-               metric: str = "accuracy") -> list[float]:
-    """Per seed, in seed order: what ``by_seed`` gives."""
-    return list(by_seed(cells, method, shots, task, metric).values())
-
-
 def paired_differences(cells: list[dict], focus: str, methods: list[str], shots: list,
                        metric: str = "accuracy") -> dict:
     """{method: {shots: (mean, half-width or None, seeds)}}: ``focus`` minus each of ``methods``, seed by seed
@@ -55,7 +49,7 @@ def summary(cells: list[dict], methods: list[str], shots: list, task: str | None
     table: dict[str, dict[int, tuple]] = {}
     for m in methods:
         for k in shots:
-            values = seed_means(cells, m, k, task, metric)
+            values = list(by_seed(cells, m, k, task, metric).values())
             if values:
                 centre, half = mean_interval(values)
                 table.setdefault(m, {})[k] = (centre, half, len(values))
