@@ -3,6 +3,7 @@ method and shot count, and the metric-against-shots plot (from fewshot.json's ce
 from __future__ import annotations
 
 from statistics import mean
+from typing import Callable
 
 from evaluation.plots import accuracy_against_shots, training_curves
 from evaluation.report import fmt_interval, markdown_table
@@ -13,15 +14,17 @@ def shots_label(shots: int | None) -> str:
 
 
 def by_seed(cells: list[dict], method: str, shots: int | None, task: str | None = None,
-            metric: str = "accuracy") -> dict[int, float]:
-    """{seed: the ``metric`` of ``method`` at ``shots``, averaged over the tasks (or of one ``task``)}.
+            metric: str = "accuracy", value: Callable[[dict], float] | None = None) -> dict[int, float]:
+    """{seed: the ``metric`` of ``method`` at ``shots`` (or ``value(cell)``), averaged over the tasks (or of
+    one ``task``)}.
 
     Seeds missing a task are left out, so an unfinished grid gives no partial averages.
     """
+    read = value or (lambda cell: cell["metrics"][metric])
     values: dict[int, dict[str, float]] = {}
     for c in cells:
         if c["method"] == method and c["shots"] == shots and (task is None or c["task"] == task):
-            values.setdefault(c["seed"], {})[c["task"]] = c["metrics"][metric]
+            values.setdefault(c["seed"], {})[c["task"]] = read(c)
     tasks = {c["task"] for c in cells} if task is None else {task}
     return {seed: mean(v.values()) for seed, v in sorted(values.items()) if set(v) == tasks}
 
@@ -76,11 +79,20 @@ def _tenth(curve: list[float], where: float) -> float:
     return mean(curve[start:start + width])
 
 
-def _loss_table(curves: dict) -> str:
+def _last_tenth(cells: list[dict], method: str, shots: int | None) -> str:
+    """The last tenth's loss, mean over seeds ± its 95% interval (each seed's the mean over its tasks): how
+    far apart two schedules or rates end, against what the seed alone moves."""
+    recorded = [c for c in cells if c.get("losses")]
+    ends = list(by_seed(recorded, method, shots, value=lambda cell: _tenth(cell["losses"], 0.9)).values())
+    return fmt_interval(*mean_interval(ends)) if ends else "–"  # "–": no seed has every task's curve
+
+
+def _loss_table(cells: list[dict], curves: dict) -> str:
     """Whether training flattened: the mean loss over the first, middle and last tenths of the schedule."""
-    rows = [[m, shots_label(k), len(c), *(f"{_tenth(c, w):.3f}" for w in (0.0, 0.45, 0.9))]
+    rows = [[m, shots_label(k), len(c), *(f"{_tenth(c, w):.3f}" for w in (0.0, 0.45)), _last_tenth(cells, m, k)]
             for k, by_method in curves.items() for m, c in by_method.items()]
-    return markdown_table(["method", "shots", "steps", "loss, first tenth", "middle tenth", "last tenth"], rows)
+    return markdown_table(["method", "shots", "steps", "loss, first tenth", "middle tenth",
+                           "last tenth (± 95% over seeds)"], rows)
 
 
 def _training_row(cells: list[dict], method: str) -> list:
@@ -119,7 +131,7 @@ def fewshot_report(results: dict, methods: list[str], shots: list) -> str:
     curves = mean_losses(cells, methods, shots)
     if curves:
         lines += ["## Training loss", "", "Per step, the mean over each method's cells (tasks and seeds).", "",
-                  _loss_table(curves), "", "![training loss](curves.png)", ""]
+                  _loss_table(cells, curves), "", "![training loss](curves.png)", ""]
     return "\n".join(lines)
 
 

@@ -54,9 +54,24 @@ def test_few_shot_report_gives_each_methods_rate_schedule_and_loss_curve_average
     assert curves == {None: {"a": [11.0 - i for i in range(10)], "b": [3.0] * 10}}
     report = fewshot_report({"name": "g", "host": "h", "cells": cells}, ["a", "b"], [None])
     assert "| a | 0.01 | 10 | 2 |" in report  # the rate and schedule that produced the row, seconds summed
-    # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last
-    assert "| a | whole split | 10 | 11.000 | 7.000 | 2.000 |" in report
-    assert "| b | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report
+    # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last; the
+    # last over seeds 1 and 3: mean 2, half-width t(0.975, 1) * s / sqrt(2) with s = sqrt(2)
+    assert "| a | whole split | 10 | 11.000 | 7.000 | 2.000 ± 12.706 |" in report
+    assert "| b | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report  # one seed: no interval
+
+
+def test_few_shot_loss_table_gives_no_last_tenth_where_no_seed_has_every_tasks_curve():
+    from evaluation.fewshot import fewshot_report
+
+    def cell(method, task, losses):
+        return {"task": task, "shots": None, "seed": 0, "method": method, "metrics": {"accuracy": 0.5},
+                "train_seconds": 1.0, "lr": 0.01, "steps": 10, "losses": losses}
+
+    # b's cell on task u comes from a grid written before losses were kept: its seed has no mean over both tasks
+    cells = [cell("a", "t", [2.0] * 10), cell("a", "u", [4.0] * 10), cell("b", "t", [1.0] * 10), cell("b", "u", None)]
+    report = fewshot_report({"name": "g", "host": "h", "cells": cells}, ["a", "b"], [None])
+    assert "| a | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report
+    assert "| b | whole split | 10 | 1.000 | 1.000 | – |" in report
 
 
 def test_few_shot_paired_differences_are_taken_seed_by_seed_over_the_seeds_both_methods_have():
