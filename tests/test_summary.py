@@ -54,8 +54,8 @@ def test_few_shot_report_gives_each_methods_rate_schedule_and_loss_curve_average
     assert curves == {None: {"a": [11.0 - i for i in range(10)], "b": [3.0] * 10}}
     report = fewshot_report({"name": "g", "host": "h", "cells": cells}, ["a", "b"], [None])
     assert "| a | 0.01 | 10 | 2 |" in report  # the rate and schedule that produced the row, seconds summed
-    # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last; the
-    # last over seeds 1 and 3: mean 2, half-width t(0.975, 1) * s / sqrt(2) with s = sqrt(2)
+    # tenths of a 10-step schedule are single steps: the first, the one at 45% (index 4) and the last; a's
+    # last steps are 1 (seed 0) and 3 (seed 1): mean 2, half-width t(0.975, 1) * s / sqrt(2) with s = sqrt(2)
     assert "| a | whole split | 10 | 11.000 | 7.000 | 2.000 ± 12.706 |" in report
     assert "| b | whole split | 10 | 3.000 | 3.000 | 3.000 |" in report  # one seed: no interval
 
