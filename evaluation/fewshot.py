@@ -88,7 +88,8 @@ def _last_tenth(cells: list[dict], method: str, shots: int | None) -> str:
 
 
 def _loss_table(cells: list[dict], curves: dict) -> str:
-    """Whether training flattened: the mean loss over the first, middle and last tenths of the schedule."""
+    """Whether training flattened: the mean loss over the first, middle and last tenths of the schedule (the
+    last with its interval over seeds)."""
     rows = [[m, shots_label(k), len(c), *(f"{_tenth(c, w):.3f}" for w in (0.0, 0.45)), _last_tenth(cells, m, k)]
             for k, by_method in curves.items() for m, c in by_method.items()]
     return markdown_table(["method", "shots", "steps", "loss, first tenth", "middle tenth",
